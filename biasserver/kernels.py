@@ -1,0 +1,185 @@
+"""Thin numpy bindings over the C kernels (ckernels/gmetad.h).
+
+Each function checks shapes and dtypes, passes contiguous float64/int arrays to
+C as pointers and turns C error codes into Python exceptions. Units are those of
+the inputs: the package feeds angstrom and eV.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._kernels import ffi, lib
+
+PARAM_COLUMNS: int = int(lib.GM_PARAM_COLUMNS)
+
+_ERRORS = {
+    int(lib.GM_EINVAL): "invalid argument",
+    int(lib.GM_ESINGULAR): "the cell is singular",
+    int(lib.GM_ENOMEM): "out of memory",
+}
+
+
+def _check(code: int, what: str) -> None:
+    if code < 0:
+        raise ValueError(f"{what}: {_ERRORS.get(int(code), f'error {code}')}")
+
+
+def _ptr(ctype: str, array: np.ndarray | None):
+    return ffi.NULL if array is None else ffi.cast(ctype, ffi.from_buffer(array))
+
+
+def _f64(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class NeighbourList:
+    """Full neighbour list (each pair listed from both atoms), sorted by centre.
+
+    first, second: (P,) atom indices i and j (periodic images folded onto j);
+    vectors: (P, 3) R_ij = r_j + image shift - r_i in angstrom;
+    offset: (N + 1,) CSR offsets, the pairs of atom i are offset[i]:offset[i+1].
+    """
+
+    first: np.ndarray
+    second: np.ndarray
+    vectors: np.ndarray
+    offset: np.ndarray
+
+    @property
+    def distances(self) -> np.ndarray:
+        """(P,) pair distances in angstrom."""
+        return np.sqrt(np.einsum("pk,pk->p", self.vectors, self.vectors))
+
+
+def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float) -> NeighbourList:
+    """All pairs closer than ``cutoff`` (angstrom) with the C cell list.
+
+    positions (N, 3) and cell (3, 3, rows are lattice vectors) in angstrom; pbc is
+    three booleans. Non-periodic directions may have zero cell vectors: they are
+    replaced by a vector orthogonal to the others, for binning only.
+    """
+    positions = _f64(positions)
+    n_atoms = len(positions)
+    if positions.shape != (n_atoms, 3):
+        raise ValueError(f"positions must have shape (N, 3), got {positions.shape}")
+    if not np.all(np.isfinite(positions)):
+        bad = int(np.argwhere(~np.isfinite(positions))[0, 0])
+        raise ValueError(f"position of atom {bad} is not finite: {positions[bad]}")
+    if not (cutoff > 0 and np.isfinite(cutoff)):
+        raise ValueError(f"cutoff must be a positive number of angstrom, got {cutoff}")
+    pbc_arr = np.ascontiguousarray(np.broadcast_to(np.asarray(pbc, dtype=bool), 3), dtype=np.int32)
+    cell = _binning_cell(_f64(cell).reshape(3, 3), pbc_arr.astype(bool))
+    capacity = max(16, n_atoms * 64)
+    while True:
+        first = np.empty(capacity, dtype=np.int32)
+        second = np.empty(capacity, dtype=np.int32)
+        vectors = np.empty((capacity, 3), dtype=np.float64)
+        count = lib.gm_neighbours(n_atoms, _ptr("double *", positions), _ptr("double *", cell),
+                                  _ptr("int *", pbc_arr), float(cutoff), capacity,
+                                  _ptr("int *", first), _ptr("int *", second),
+                                  _ptr("double *", vectors))
+        _check(count, "neighbour search")
+        if count <= capacity:
+            break
+        capacity = int(count)
+    offset = np.zeros(n_atoms + 1, dtype=np.int64)
+    np.cumsum(np.bincount(first[:count], minlength=n_atoms), out=offset[1:])
+    return NeighbourList(first[:count].copy(), second[:count].copy(), vectors[:count].copy(), offset)
+
+
+def _binning_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """The cell, with degenerate non-periodic rows replaced by orthogonal unit vectors."""
+    cell = cell.copy()
+    for d in range(3):
+        if pbc[d] and np.linalg.norm(cell[d]) == 0:
+            raise ValueError(f"cell vector {d} is zero but the direction is periodic")
+    if abs(np.linalg.det(cell)) > 1e-12 * max(1.0, np.abs(cell).max()) ** 3:
+        return cell
+    for d in range(3):
+        if pbc[d]:
+            continue
+        others = [cell[e] for e in range(3) if e != d]
+        normal = np.cross(others[0], others[1])
+        if np.linalg.norm(normal) < 1e-12:
+            # fewer than two independent vectors besides this one: use the axes
+            normal = np.eye(3)[d]
+        cell[d] = normal / np.linalg.norm(normal)
+        if abs(np.linalg.det(cell)) > 1e-12:
+            continue
+    if abs(np.linalg.det(cell)) <= 1e-12:
+        # fall back to axis vectors for every non-periodic direction
+        for d in range(3):
+            if not pbc[d]:
+                cell[d] = np.eye(3)[d]
+    if abs(np.linalg.det(cell)) <= 1e-12:
+        raise ValueError("the periodic cell vectors are linearly dependent")
+    return cell
+
+
+def symmetry_functions(centres: np.ndarray, types: np.ndarray, neighbours: NeighbourList,
+                       params: np.ndarray, derivatives: bool = True):
+    """G2/G4/G5 values (and analytic derivatives) for centres of one element.
+
+    params: (F, PARAM_COLUMNS) table. Returns (values (C, F), derivatives (P_c, F, 3)
+    or None, pair_index (P_c,) indices into the neighbour list of the pairs whose
+    derivative rows these are, in order).
+    """
+    centres = np.ascontiguousarray(centres, dtype=np.int32)
+    types = np.ascontiguousarray(types, dtype=np.int32)
+    params = _f64(params)
+    n_funcs = len(params)
+    counts = neighbours.offset[centres + 1] - neighbours.offset[centres]
+    deriv_start = np.zeros(len(centres), dtype=np.int64)
+    np.cumsum(counts[:-1], out=deriv_start[1:])
+    values = np.empty((len(centres), n_funcs), dtype=np.float64)
+    deriv = np.empty((int(counts.sum()), n_funcs, 3), dtype=np.float64) if derivatives else None
+    code = lib.gm_symmetry_functions(
+        len(centres), _ptr("int *", centres), _ptr("int *", types),
+        _ptr("long *", neighbours.offset), _ptr("int *", neighbours.second),
+        _ptr("double *", neighbours.vectors), n_funcs, _ptr("double *", params),
+        _ptr("double *", values), _ptr("double *", deriv), _ptr("long *", deriv_start))
+    _check(code, "symmetry functions")
+    starts = neighbours.offset[centres]
+    pair_index = (np.repeat(starts - deriv_start, counts) + np.arange(int(counts.sum()))).astype(np.int64)
+    return values, deriv, pair_index
+
+
+def gaussian_sum(query: np.ndarray, centres: np.ndarray, heights: np.ndarray,
+                 inv_cov: np.ndarray | None = None, inv_var: np.ndarray | None = None,
+                 min_eig: np.ndarray | None = None, blocks=None, q_cut: float = 0.0,
+                 gradient: bool = True):
+    """V(g) = sum_s h_s exp(-q_s/2) and dV/dg at each query row (see gmetad.h).
+
+    blocks: None, or (order, block_start, block_centre, block_radius, block_min_eig).
+    Returns (energy (Q,), gradient (Q, D) or None, number of hills evaluated).
+    """
+    query = _f64(query)
+    n_query, dim = query.shape
+    centres = _f64(centres).reshape(-1, dim)
+    n_hills = len(centres)
+    heights = _f64(heights)
+    inv_cov = None if inv_cov is None else _f64(inv_cov)
+    inv_var = None if inv_var is None else _f64(inv_var)
+    min_eig = None if min_eig is None else _f64(min_eig)
+    energy = np.zeros(n_query)
+    grad = np.zeros((n_query, dim)) if gradient else None
+    evaluated = ffi.new("long *")
+    if blocks is None:
+        n_blocks, order, start, bc, br, bm = 0, None, None, None, None, None
+    else:
+        order, start, bc, br, bm = blocks
+        n_blocks = len(start) - 1
+        order = np.ascontiguousarray(order, dtype=np.int32)
+        start = np.ascontiguousarray(start, dtype=np.int32)
+        bc, br, bm = _f64(bc), _f64(br), _f64(bm)
+    code = lib.gm_gaussian_sum(
+        n_query, dim, _ptr("double *", query), n_hills, _ptr("double *", centres),
+        _ptr("double *", heights), _ptr("double *", inv_cov), _ptr("double *", inv_var),
+        _ptr("double *", min_eig), n_blocks, _ptr("int *", order), _ptr("int *", start),
+        _ptr("double *", bc), _ptr("double *", br), _ptr("double *", bm), float(q_cut),
+        _ptr("double *", energy), _ptr("double *", grad), evaluated)
+    _check(code, "Gaussian sum")
+    return energy, grad, int(evaluated[0])

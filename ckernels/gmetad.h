@@ -1,0 +1,94 @@
+/*
+ * gmetad.h - the whole surface of the G-metaD C kernels.
+ *
+ * Conventions (all functions):
+ *   - float64 everywhere; lengths in angstrom, energies in eV (the kernels are
+ *     unit-agnostic, the Python layer feeds them angstrom/eV);
+ *   - arrays are C-ordered; cell rows are the lattice vectors;
+ *   - no global state: every function is thread-safe and re-entrant;
+ *   - a negative return value is an error code (see GM_E*), never a partial result.
+ */
+#ifndef GMETAD_H
+#define GMETAD_H
+
+#define GM_OK 0
+#define GM_EINVAL -1   /* bad argument (cutoff <= 0, NaN position, unknown kind...) */
+#define GM_ESINGULAR -2 /* cell is singular along a periodic direction */
+#define GM_ENOMEM -3   /* allocation failed */
+
+/* Number of columns of one symmetry-function parameter row:
+ *   kind (2, 4 or 5), element1, element2 (0-based; -1 for G2), cutoff,
+ *   c1, c2, c3 with G2: eta, Rs, unused; G4/G5: eta, zeta, lambda. */
+#define GM_PARAM_COLUMNS 7
+
+/*
+ * Full neighbour list (i -> j and j -> i both listed) of all pairs closer than
+ * `cutoff`, with a cell list. `pbc[d]` != 0 makes direction d periodic; the cell
+ * may be triclinic and smaller than twice the cutoff (several images of one atom
+ * are then distinct neighbours). Non-periodic directions need a non-singular cell
+ * row only for binning; any non-zero vector not in the plane of the others works.
+ *
+ * Output, sorted by centre: pair_first[p] = i, pair_second[p] = j (atom index,
+ * images folded), vectors[3p..3p+2] = r_j + image shift - r_i.
+ * Returns the number of pairs found. When it exceeds `capacity`, only
+ * `capacity` pairs are written and the caller retries with a larger buffer.
+ */
+long gm_neighbours(int n_atoms, const double *positions, const double *cell,
+                   const int *pbc, double cutoff, long capacity,
+                   int *pair_first, int *pair_second, double *vectors);
+
+/*
+ * Behler symmetry functions G2, G4, G5 (and their analytic derivatives) for the
+ * centres `centres[0..n_centres-1]`, all of one element sharing the parameter
+ * table `params` (n_funcs x GM_PARAM_COLUMNS).
+ *
+ * Neighbours come as a CSR full list: the pairs of atom i are
+ * pair_offset[i] .. pair_offset[i+1]-1, with neighbour[p] (its element is
+ * types[neighbour[p]]) and vectors[3p..3p+2] = R_ij.
+ *
+ * values: n_centres x n_funcs.
+ * derivatives (may be NULL): for centre c, its pairs are written from row
+ *   deriv_start[c] on, one (n_funcs x 3) block per pair in neighbour-list order:
+ *   derivatives[((deriv_start[c] + q) * n_funcs + f) * 3 + k] = dG_f / dR_ij,k
+ *   for the q-th pair of that centre. dG/dr_j then sums the blocks of pairs whose
+ *   neighbour is j, and dG/dr_i = - (sum over all the centre's blocks).
+ * Returns GM_OK or a negative error code.
+ */
+int gm_symmetry_functions(int n_centres, const int *centres, const int *types,
+                          const long *pair_offset, const int *neighbour,
+                          const double *vectors, int n_funcs,
+                          const double *params, double *values,
+                          double *derivatives, const long *deriv_start);
+
+/*
+ * Sum of Gaussian hills at query points (one per biased atom):
+ *   V(g) = sum_s h_s exp(-q_s / 2),  q_s = (g - mu_s)^T A_s (g - mu_s)
+ * with A_s = inv_cov[s] (dim x dim, symmetric; adaptive hills) or, when inv_cov
+ * is NULL, A_s = inv_var[s] * I (isotropic hills).
+ *
+ * Pruning: hills are grouped in blocks (order[block_start[b] .. block_start[b+1]-1]
+ * are the hill indices of block b, with centre block_centre[b], radius
+ * block_radius[b] = max |mu_s - centre| and block_min_eig[b] = min over the
+ * block of the smallest eigenvalue of A_s). A block is skipped when
+ *   block_min_eig * (|g - centre| - radius)^2 > q_cut,
+ * a hill when min_eig[s] * |g - mu_s|^2 > q_cut; both bounds are rigorous, so
+ * only hills with q_s > q_cut (exp(-q_cut/2) relative weight) are ever dropped.
+ * q_cut <= 0 disables pruning. n_blocks = 0 means one block of all hills, in
+ * index order (order may then be NULL).
+ *
+ * Output: energy[i] = V(g_i); gradient (may be NULL) n_query x dim = dV/dg.
+ * n_evaluated (may be NULL) receives the number of hills whose q was computed.
+ */
+int gm_gaussian_sum(int n_query, int dim, const double *query, int n_hills,
+                    const double *centres, const double *heights,
+                    const double *inv_cov, const double *inv_var,
+                    const double *min_eig, int n_blocks, const int *order,
+                    const int *block_start, const double *block_centre,
+                    const double *block_radius, const double *block_min_eig,
+                    double q_cut, double *energy, double *gradient,
+                    long *n_evaluated);
+
+/* Number of OpenMP threads the kernels use (1 when built without OpenMP). */
+int gm_max_threads(void);
+
+#endif /* GMETAD_H */
