@@ -1,0 +1,278 @@
+"""The G-metaD bias: Gaussian hills on every atom's symmetry-function vector.
+
+    U_i = c_e * sum_s h_s exp(-1/2 (G_i - mu_s)^T A_s (G_i - mu_s)),   E_bias = sum_i U_i
+
+One set of hills per element e; every atom of e feels all hills of e, scaled by
+the element's coefficient c_e (0: the element is neither biased nor deposits).
+Energies are in eV, forces in eV/A, the virial in eV with i-PI's sign
+(-stress x volume). See design.md section 4 for the method.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+from ase import Atoms
+
+from . import hillsfile
+from .hills import DEFAULT_PRUNE_TOLERANCE, HillSet
+from .hillsfile import HillRecord, HillsFileError
+from .symmetry import Descriptors, SymmetryFunctions
+from .units import KB
+from .walls import wall_from_dict
+
+COVARIANCES = ("adaptive", "isotropic")
+
+
+class GMetaDBias:
+    """Metadynamics bias in atom-centred symmetry-function space.
+
+    Parameters
+    ----------
+    symmetry_functions: the collective variable.
+    height: hill height h in eV (the initial height when well-tempered).
+    width: adaptive covariance: sigma in angstrom, an isotropic Cartesian
+        displacement mapped into G space through the Jacobian J = dG_i/dR;
+        isotropic covariance: sigma_G in G units.
+    stride: deposit every ``stride`` calls of :meth:`step` (never at step 0).
+    species: element -> coefficient c_e >= 0; elements not named get 0.
+    covariance: "adaptive" (S = sigma^2 J J^T + reg * lambda_max * I) or "isotropic"
+        (S = sigma_G^2 I).
+    regularization: reg, caps the condition number of adaptive covariances.
+    well_tempered: bias temperature Delta T in K: a new hill's height is
+        h exp(-U(G_i) / (k_B Delta T)); None for plain metadynamics.
+    compression: Mahalanobis distance below which a new hill is merged into the
+        nearest existing one (None: never merge).
+    walls: wall objects (:mod:`biasserver.walls`) or their dict forms.
+    prune_tolerance: hills weighing less than this fraction of their height at a
+        query are skipped (a rigorous bound; 0 disables pruning).
+    hills_file: if given, every deposition is appended to this hills file.
+    """
+
+    def __init__(self, symmetry_functions: SymmetryFunctions, height: float, width: float,
+                 stride: int, species: Mapping[str, float], covariance: str = "adaptive",
+                 regularization: float = 1e-4, well_tempered: float | None = None,
+                 compression: float | None = None, walls: Sequence | None = None,
+                 prune_tolerance: float = DEFAULT_PRUNE_TOLERANCE,
+                 hills_file: str | os.PathLike | None = None):
+        if not height > 0:
+            raise ValueError(f"height must be > 0 eV, got {height}")
+        if not width > 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        if int(stride) != stride or stride < 1:
+            raise ValueError(f"stride must be a positive integer, got {stride}")
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+        if not 0 < regularization < 1:
+            raise ValueError(f"regularization must be in (0, 1), got {regularization}")
+        if well_tempered is not None and not well_tempered > 0:
+            raise ValueError(f"well_tempered (bias temperature) must be > 0 K, got {well_tempered}")
+        if compression is not None and not compression > 0:
+            raise ValueError(f"compression threshold must be > 0, got {compression}")
+        if not 0 <= prune_tolerance < 1:
+            raise ValueError(f"prune_tolerance must be in [0, 1), got {prune_tolerance}")
+        for element, coefficient in species.items():
+            if element not in symmetry_functions.elements:
+                raise ValueError(f"species names {element!r}, which has no symmetry functions "
+                                 f"(elements: {', '.join(symmetry_functions.elements)})")
+            if not coefficient >= 0:
+                raise ValueError(f"coefficient of {element} must be >= 0, got {coefficient}")
+        self.symmetry_functions = symmetry_functions
+        self.height, self.width, self.stride = float(height), float(width), int(stride)
+        self.species = {e: float(species.get(e, 0.0)) for e in symmetry_functions.elements}
+        self.covariance, self.regularization = covariance, float(regularization)
+        self.well_tempered = None if well_tempered is None else float(well_tempered)
+        self.compression = None if compression is None else float(compression)
+        self.walls = [wall_from_dict(w) if isinstance(w, dict) else w for w in (walls or [])]
+        self.prune_tolerance = float(prune_tolerance)
+        self.hills = {e: HillSet(symmetry_functions.size(e), covariance == "adaptive", prune_tolerance)
+                      for e in symmetry_functions.elements}
+        #: number of :meth:`step` calls so far (the MD step of the next call)
+        self.step_count = 0
+        #: energy terms of the last evaluation, in eV: {"hills": ..., "walls": ...}
+        self.last_terms: dict[str, float] = {}
+        self._writer = None
+        if hills_file is not None:
+            self._writer = hillsfile.HillsWriter(hills_file, self._header())
+
+    # -- description --------------------------------------------------------
+    @property
+    def n_hills(self) -> int:
+        """Total number of hills over all elements."""
+        return sum(len(h) for h in self.hills.values())
+
+    def parameters(self) -> dict:
+        """The bias parameters, as stored in a hills file header."""
+        return {"height": self.height, "width": self.width, "stride": self.stride,
+                "species": self.species, "covariance": self.covariance,
+                "regularization": self.regularization, "well_tempered": self.well_tempered,
+                "compression": self.compression, "prune_tolerance": self.prune_tolerance,
+                "walls": [w.to_dict() for w in self.walls]}
+
+    def _symmetry_dict(self) -> dict:
+        sf = self.symmetry_functions
+        return {"elements": list(sf.elements), "tables": {e: sf.tables[e].tolist() for e in sf.elements}}
+
+    def _header(self) -> str:
+        return hillsfile.header(self._symmetry_dict(), self.parameters(),
+                                {e: self.symmetry_functions.size(e) for e in self.symmetry_functions.elements})
+
+    # -- evaluation ---------------------------------------------------------
+    def energy_forces(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
+        """Bias energy (eV), forces (N, 3) eV/A and virial (3, 3) eV at ``atoms``."""
+        return self._evaluate(atoms, self.symmetry_functions.compute(atoms))
+
+    def atom_energies(self, atoms: Atoms) -> np.ndarray:
+        """U_i (eV) of every atom from the hills alone (walls excluded)."""
+        values = self.symmetry_functions.values(atoms)
+        species = self.symmetry_functions.species(atoms)
+        energies = np.zeros(len(atoms))
+        for k, e in enumerate(self.symmetry_functions.elements):
+            if self.species[e] > 0 and len(self.hills[e]):
+                energies[species == k] = self.species[e] * self.hills[e].evaluate(values[e], False)[0]
+        return energies
+
+    def _evaluate(self, atoms: Atoms, desc: Descriptors) -> tuple[float, np.ndarray, np.ndarray]:
+        energy = 0.0
+        gradients = {}
+        for e, coefficient in self.species.items():
+            if coefficient > 0 and len(self.hills[e]) and len(desc.values[e]):
+                v, dv, _ = self.hills[e].evaluate(desc.values[e])
+                energy += coefficient * float(v.sum())
+                gradients[e] = coefficient * dv
+        forces, virial = desc.forces_virial(gradients)
+        wall_energy = 0.0
+        for wall in self.walls:
+            e_w, f_w, v_w = wall.energy_forces(atoms)
+            wall_energy += e_w
+            forces += f_w
+            virial += v_w
+        self.last_terms = {"hills": energy, "walls": wall_energy}
+        return energy + wall_energy, forces, virial
+
+    def step(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
+        """The per-MD-step entry point: energy, forces and virial at ``atoms`` (as
+        :meth:`energy_forces`), then a deposition when the step is a positive
+        multiple of ``stride``. The returned forces are those before the deposition."""
+        desc = self.symmetry_functions.compute(atoms)
+        result = self._evaluate(atoms, desc)
+        if self.step_count > 0 and self.step_count % self.stride == 0:
+            self._deposit(desc)
+        self.step_count += 1
+        return result
+
+    def deposit(self, atoms: Atoms) -> int:
+        """Deposit one hill per biased atom at its current G_i; returns the number
+        of hills added (merged hills are not new)."""
+        return self._deposit(self.symmetry_functions.compute(atoms))
+
+    def _deposit(self, desc: Descriptors) -> int:
+        added = 0
+        records = []
+        for e, coefficient in self.species.items():
+            if coefficient == 0 or len(desc.values[e]) == 0:
+                continue
+            hills = self.hills[e]
+            values = desc.values[e]
+            heights = np.full(len(values), self.height)
+            if self.well_tempered is not None and len(hills):
+                felt = coefficient * hills.evaluate(values, gradient=False)[0]
+                heights = self.height * np.exp(-felt / (KB * self.well_tempered))
+            metrics = [self._metric(desc, e, c) for c in range(len(values))]
+            for c in range(len(values)):
+                index = self._merge_target(hills, values[c])
+                if index is None:
+                    index = hills.add(values[c], heights[c], metrics[c], self.step_count)
+                    added += 1
+                else:
+                    hills.merge_into(index, values[c], heights[c], metrics[c], self.step_count)
+                records.append(HillRecord(index, self.step_count, e, float(hills.heights[index]),
+                                          hills.centres[index], hills.metrics[index]))
+        if self._writer is not None:
+            self._writer.append(records)
+        return added
+
+    def _metric(self, desc: Descriptors, element: str, centre: int):
+        """Inverse covariance of a hill deposited at one centre (see class docstring)."""
+        if self.covariance == "isotropic":
+            return 1.0 / self.width**2
+        _, jac = desc.jacobian(element, centre)
+        jac = jac.reshape(jac.shape[0], -1)
+        cov = self.width**2 * (jac @ jac.T)
+        eigval, eigvec = np.linalg.eigh(0.5 * (cov + cov.T))
+        floor = self.regularization * max(float(eigval[-1]), 0.0)
+        if floor <= 0:
+            raise ValueError(f"symmetry functions of a {element} atom do not depend on its "
+                             "environment (no neighbours within the cutoff?): cannot build an adaptive hill")
+        eigval = np.maximum(eigval, 0.0) + floor
+        metric = (eigvec / eigval) @ eigvec.T
+        return 0.5 * (metric + metric.T)
+
+    def _merge_target(self, hills: HillSet, centre: np.ndarray) -> int | None:
+        if self.compression is None or len(hills) == 0:
+            return None
+        q = hills.mahalanobis2(centre)
+        best = int(np.argmin(q))
+        return best if q[best] < self.compression**2 else None
+
+    # -- persistence --------------------------------------------------------
+    def _records(self) -> list[HillRecord]:
+        return [HillRecord(s, int(h.steps[s]), e, float(h.heights[s]), h.centres[s], h.metrics[s])
+                for e, h in self.hills.items() for s in range(len(h))]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write every hill and the parameters to a hills file (atomically)."""
+        hillsfile.write(path, self._header(), self._records())
+
+    def load_hills(self, path: str | os.PathLike) -> None:
+        """Replace this bias's hills by those of a hills file written with the same
+        symmetry functions and covariance kind; a clear error otherwise."""
+        content = hillsfile.read(path)
+        if content.symmetry != self._symmetry_dict():
+            raise HillsFileError(f"{path}: its symmetry functions differ from this bias's "
+                                 f"(file elements {content.symmetry.get('elements')}, "
+                                 f"bias elements {list(self.symmetry_functions.elements)})")
+        if content.bias.get("covariance") != self.covariance:
+            raise HillsFileError(f"{path}: {content.bias.get('covariance')} hills cannot be loaded "
+                                 f"into a bias with {self.covariance} covariance")
+        self.hills = {e: HillSet(self.symmetry_functions.size(e), self.covariance == "adaptive",
+                                 self.prune_tolerance) for e in self.symmetry_functions.elements}
+        last_step = 0
+        for lineno, r in enumerate(content.records, 1):
+            hills = self.hills[r.element]
+            if r.id == len(hills):
+                hills.add(r.centre, r.height, r.metric, r.step)
+            elif r.id < len(hills):
+                hills.replace(r.id, r.centre, r.height, r.metric, r.step)
+            else:
+                raise HillsFileError(f"{path}: hill record {lineno} has id {r.id} but only "
+                                     f"{len(hills)} {r.element} hills precede it")
+            last_step = max(last_step, r.step)
+        self.step_count = last_step + 1 if content.records else 0
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, append: bool = False) -> "GMetaDBias":
+        """A bias rebuilt from a hills file: parameters, symmetry functions and hills.
+
+        With append=True, later depositions are appended to the same file, so a
+        restarted run continues the record. Energies and forces are bit-identical
+        to those of the bias that wrote the file.
+        """
+        content = hillsfile.read(path)
+        try:
+            sf = SymmetryFunctions(content.symmetry["elements"], content.symmetry["tables"])
+            params = dict(content.bias)
+            bias = cls(sf, **params)
+        except (KeyError, TypeError, ValueError) as err:
+            raise HillsFileError(f"{path}: header does not describe a valid bias: {err}") from None
+        bias.load_hills(path)
+        if append:
+            bias._writer = hillsfile.HillsWriter(path, bias._header())
+        return bias
+
+    def close(self) -> None:
+        """Close the hills file, if one is being written."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

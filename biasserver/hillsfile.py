@@ -1,0 +1,205 @@
+"""The hills file: a self-describing, append-only text record of a G-metaD bias.
+
+Format (version 1). Header lines start with ``#!``::
+
+    #! gmetad-hills 1
+    #! symmetry {"elements": [...], "tables": {"Si": [[kind, e1, e2, Rc, c1, c2, c3], ...]}}
+    #! bias {"height": ..., "width": ..., "stride": ..., "species": {...}, ...}
+    #! dimension Si 26
+    #! fields id step element height centre[D] metric[M]
+
+then one line per hill record, whitespace separated:
+
+- ``id``: integer hill index within its element (0, 1, ...). A later record with
+  an id already seen replaces that hill (this is how a merge by compression is
+  recorded without rewriting the file);
+- ``step``: the MD step of the deposition (or of the last merge);
+- ``element``: the chemical symbol of the atoms the hill biases;
+- ``height``: h in eV;
+- ``centre``: the D symmetry-function values mu (dimensionless);
+- ``metric``: the inverse covariance A in G units: for adaptive hills its upper
+  triangle, row by row (D (D + 1) / 2 values); for isotropic hills one value,
+  1 / sigma_G^2.
+
+A hill contributes h exp(-(G - mu)^T A (G - mu) / 2) to the energy of every atom
+of its element (times the element's coefficient). Numbers are written with
+Python's shortest round-trip repr, so a loaded bias is bit-identical to the
+saved one. Records are appended whole, flushed and fsync'ed; a crash can leave
+at most a final line without its newline, which the reader ignores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAGIC = "gmetad-hills"
+VERSION = 1
+
+
+class HillsFileError(ValueError):
+    """A hills file is malformed or does not match the bias; the message names file and line."""
+
+
+@dataclass
+class HillRecord:
+    """One line of a hills file (metric: (D, D) matrix or a scalar)."""
+
+    id: int
+    step: int
+    element: str
+    height: float
+    centre: np.ndarray
+    metric: np.ndarray | float
+
+
+@dataclass
+class HillsFile:
+    """The parsed content of a hills file."""
+
+    symmetry: dict
+    bias: dict
+    dimensions: dict[str, int]
+    records: list[HillRecord] = field(default_factory=list)
+
+
+def header(symmetry: dict, bias: dict, dimensions: dict[str, int]) -> str:
+    """The header text of a hills file."""
+    lines = [f"#! {MAGIC} {VERSION}",
+             f"#! symmetry {json.dumps(symmetry)}",
+             f"#! bias {json.dumps(bias)}"]
+    lines += [f"#! dimension {e} {d}" for e, d in dimensions.items()]
+    lines.append("#! fields id step element height centre[D] metric[M]")
+    return "\n".join(lines) + "\n"
+
+
+def format_record(record: HillRecord) -> str:
+    """One hill record as a line (with its newline)."""
+    metric = np.asarray(record.metric)
+    values = metric[np.triu_indices(len(metric))] if metric.ndim == 2 else metric.reshape(1)
+    numbers = " ".join(repr(float(x)) for x in np.concatenate([record.centre, values]))
+    return f"{record.id} {record.step} {record.element} {float(record.height)!r} {numbers}\n"
+
+
+def read(path: str | os.PathLike) -> HillsFile:
+    """Parse a hills file; errors name the file and line."""
+    symmetry = bias = None
+    dimensions: dict[str, int] = {}
+    records: list[HillRecord] = []
+    with open(path) as handle:
+        text = handle.read()
+    lines = text.split("\n")
+    if text and not text.endswith("\n"):
+        warnings.warn(f"{path}: ignoring an incomplete last line (the writer was interrupted)")
+        lines = lines[:-1]
+    for lineno, line in enumerate(lines, 1):
+        where = f"{path}, line {lineno}"
+        if not line.strip():
+            continue
+        if line.startswith("#!"):
+            words = line[2:].split(None, 1)
+            key, rest = words[0], (words[1] if len(words) > 1 else "")
+            try:
+                if key == MAGIC:
+                    if int(rest) != VERSION:
+                        raise HillsFileError(f"{where}: hills file version {rest}, this reader knows {VERSION}")
+                elif key == "symmetry":
+                    symmetry = json.loads(rest)
+                elif key == "bias":
+                    bias = json.loads(rest)
+                elif key == "dimension":
+                    element, dim = rest.split()
+                    dimensions[element] = int(dim)
+            except (ValueError, json.JSONDecodeError) as err:
+                if isinstance(err, HillsFileError):
+                    raise
+                raise HillsFileError(f"{where}: malformed header line: {err}") from None
+            continue
+        if line.startswith("#"):
+            continue
+        if lineno == 1 or symmetry is None or bias is None:
+            raise HillsFileError(f"{where}: hill record before the '#! {MAGIC}' header")
+        words = line.split()
+        try:
+            element = words[2]
+            dim = dimensions[element]
+        except (IndexError, KeyError):
+            raise HillsFileError(f"{where}: record for an element with no '#! dimension' line") from None
+        adaptive = bias.get("covariance") == "adaptive"
+        n_metric = dim * (dim + 1) // 2 if adaptive else 1
+        if len(words) != 4 + dim + n_metric:
+            raise HillsFileError(f"{where}: expected {4 + dim + n_metric} columns for a "
+                                 f"{bias.get('covariance')} hill of dimension {dim}, got {len(words)}")
+        try:
+            numbers = np.array([float(w) for w in words[4:]])
+            record = HillRecord(int(words[0]), int(words[1]), element, float(words[3]),
+                                numbers[:dim], 0.0)
+        except ValueError:
+            raise HillsFileError(f"{where}: not a number in a hill record") from None
+        if not np.all(np.isfinite(numbers)) or not np.isfinite(record.height):
+            raise HillsFileError(f"{where}: non-finite value in a hill record")
+        if adaptive:
+            metric = np.zeros((dim, dim))
+            iu = np.triu_indices(dim)
+            metric[iu] = numbers[dim:]
+            metric.T[iu] = numbers[dim:]
+            record.metric = metric
+        else:
+            record.metric = float(numbers[dim])
+        records.append(record)
+    if symmetry is None or bias is None:
+        raise HillsFileError(f"{path}: not a hills file (no '#! {MAGIC}' header with symmetry and bias lines)")
+    return HillsFile(symmetry, bias, dimensions, records)
+
+
+class HillsWriter:
+    """Appends hill records to a hills file, whole lines, flushed and fsync'ed."""
+
+    def __init__(self, path: str | os.PathLike, header_text: str):
+        self.path = os.fspath(path)
+        fresh = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        if not fresh:
+            _drop_partial_line(self.path)
+        self._handle = open(self.path, "a")
+        if fresh:
+            self._write(header_text)
+
+    def _write(self, text: str) -> None:
+        self._handle.write(text)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def append(self, records: list[HillRecord]) -> None:
+        if records:
+            self._write("".join(format_record(r) for r in records))
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _drop_partial_line(path: str) -> None:
+    """Truncate an interrupted final line so that new records start on a line of their own."""
+    with open(path, "rb+") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - 1))
+        if size == 0 or handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        data = handle.read()
+        handle.truncate(data.rfind(b"\n") + 1)
+
+
+def write(path: str | os.PathLike, header_text: str, records: list[HillRecord]) -> None:
+    """Write a whole hills file atomically (temporary file, fsync, rename)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(header_text)
+        handle.writelines(format_record(r) for r in records)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
