@@ -94,7 +94,7 @@ class GMetaDBias:
         self.last_terms: dict[str, float] = {}
         self._writer = None
         if hills_file is not None:
-            self._writer = hillsfile.HillsWriter(hills_file, self._header())
+            self.record_hills(hills_file)
 
     # -- description --------------------------------------------------------
     @property
@@ -268,8 +268,14 @@ class GMetaDBias:
             raise HillsFileError(f"{path}: header does not describe a valid bias: {err}") from None
         bias.load_hills(path)
         if append:
-            bias._writer = hillsfile.HillsWriter(path, bias._header())
+            bias.record_hills(path)
         return bias
+
+    def record_hills(self, path: str | os.PathLike) -> None:
+        """Append every later deposition to the hills file ``path`` (created with a
+        header when absent; when it exists it must hold this bias's hills)."""
+        self.close()
+        self._writer = hillsfile.HillsWriter(path, self._header())
 
     def close(self) -> None:
         """Close the hills file, if one is being written."""

@@ -68,5 +68,9 @@ if __name__ == "__main__":
 
     root = os.path.dirname(HERE)
     built = ffibuilder.compile(tmpdir=os.path.join(root, "build", "cffi"), verbose=True)
-    shutil.copy2(built, os.path.join(root, "biasserver", os.path.basename(built)))
+    package = os.path.join(root, "biasserver")
+    for stale in os.listdir(package):  # one extension only, or imports may pick an old one
+        if stale.startswith("_kernels.") and stale.endswith(".so"):
+            os.remove(os.path.join(package, stale))
+    shutil.copy2(built, os.path.join(package, os.path.basename(built)))
     sys.exit(0)

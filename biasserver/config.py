@@ -1,0 +1,228 @@
+"""Run configuration: one YAML file per run, validated on load.
+
+Example (all lengths in angstrom, energies in eV; relative paths are relative
+to the YAML file)::
+
+    structure: init.xyz            # the file i-PI starts from: gives the elements
+    symmetry:
+      default: {elements: [Pt, H], cutoff: 6.0}
+      # or: params: {Pt: params_Pt, H: params_H}
+      # or: potential_saved: potential_saved
+    bias:
+      height: 0.001                # eV
+      width: 1.0                   # A (adaptive) or G units (isotropic)
+      stride: 20
+      species: {H: 1.0, Pt: 0.0}
+      covariance: adaptive         # or isotropic
+      regularization: 1.0e-4
+      well_tempered: null          # bias temperature in K
+      compression: null            # Mahalanobis merge threshold
+      walls: []                    # [{kind: height, ...}, {kind: distance, ...}]
+      hills_file: HILLS
+      restart: true                # continue from hills_file when it exists
+      enabled: true                # false: relay and record only (plain MD)
+    server:
+      mode: proxy                  # proxy or bias
+      ipi: unix:gmetad             # i-PI's socket (as <ffsocket> <address>)
+      listen: unix:gmetad-ref      # proxy: where force clients connect
+      allow_remote: false          # true to listen on a non-loopback address
+      timeout: 600                 # s to wait for a reference result
+    recorder:
+      path: frames.extxyz          # null: no recording
+      fsync: true
+
+Errors name the file and the key at fault.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .bias import COVARIANCES, GMetaDBias
+from .symmetry import SymmetryFunctions
+
+
+class ConfigError(ValueError):
+    """The run configuration is invalid; the message names the file and key."""
+
+
+@dataclass
+class BiasSettings:
+    height: float = 0.001
+    width: float = 1.0
+    stride: int = 20
+    species: dict = field(default_factory=dict)
+    covariance: str = "adaptive"
+    regularization: float = 1e-4
+    well_tempered: float | None = None
+    compression: float | None = None
+    walls: list = field(default_factory=list)
+    prune_tolerance: float = 1e-12
+    hills_file: str | None = "HILLS"
+    restart: bool = True
+    enabled: bool = True
+
+
+@dataclass
+class ServerSettings:
+    mode: str = "proxy"
+    ipi: str = "unix:gmetad"
+    listen: str = "unix:gmetad-ref"
+    allow_remote: bool = False
+    timeout: float = 600.0
+
+
+@dataclass
+class RecorderSettings:
+    path: str | None = "frames.extxyz"
+    fsync: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A validated run configuration (paths resolved against the YAML's folder)."""
+
+    path: str
+    structure: str
+    symmetry: dict
+    bias: BiasSettings
+    server: ServerSettings
+    recorder: RecorderSettings
+
+    def symmetry_functions(self) -> SymmetryFunctions:
+        """The symmetry functions the ``symmetry`` section describes."""
+        spec = self.symmetry
+        if "default" in spec:
+            return SymmetryFunctions.default(spec["default"]["elements"], spec["default"].get("cutoff", 6.0))
+        if "params" in spec:
+            return SymmetryFunctions.read(spec["params"])
+        return SymmetryFunctions.read_potential_saved(spec["potential_saved"])
+
+    def make_bias(self) -> GMetaDBias:
+        """The bias, continued from the hills file when ``restart`` is set and it exists."""
+        hills = self.bias.hills_file
+        bias = GMetaDBias(self.symmetry_functions(), **self._bias_kwargs())
+        if hills and os.path.exists(hills) and os.path.getsize(hills) > 0:
+            if self.bias.restart:
+                bias.load_hills(hills)
+            else:
+                keep_aside(hills)
+        if hills:
+            bias.record_hills(hills)
+        return bias
+
+    def _bias_kwargs(self) -> dict:
+        b = self.bias
+        return dict(height=b.height, width=b.width, stride=b.stride, species=b.species,
+                    covariance=b.covariance, regularization=b.regularization,
+                    well_tempered=b.well_tempered, compression=b.compression, walls=b.walls,
+                    prune_tolerance=b.prune_tolerance)
+
+
+def keep_aside(path: str) -> str:
+    """Rename an existing output file to ``path.N`` (first free N) instead of
+    overwriting it: nothing recorded is ever lost. Returns the new name."""
+    n = 1
+    while os.path.exists(f"{path}.{n}"):
+        n += 1
+    os.replace(path, f"{path}.{n}")
+    return f"{path}.{n}"
+
+
+def _section(raw: dict, key: str, cls, where: str):
+    values = raw.get(key) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: '{key}' must be a mapping")
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{key}.{unknown[0]}' (known: {', '.join(sorted(known))})")
+    obj = cls(**values)
+    for name, f in cls.__dataclass_fields__.items():
+        value = getattr(obj, name)
+        expected = f.type if isinstance(f.type, str) else f.type.__name__
+        if value is None:
+            if "None" not in expected:
+                raise ConfigError(f"{where}: '{key}.{name}' may not be null")
+            continue
+        if expected.startswith("float") and not isinstance(value, (int, float)) or \
+           expected.startswith("int") and not isinstance(value, int) or \
+           expected.startswith("bool") and not isinstance(value, bool) or \
+           expected.startswith("str") and not isinstance(value, str) or \
+           expected.startswith("dict") and not isinstance(value, dict) or \
+           expected.startswith("list") and not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}.{name}' must be {expected.split(' ')[0]}, got {value!r}")
+        if isinstance(value, bool) and not expected.startswith("bool"):
+            raise ConfigError(f"{where}: '{key}.{name}' must be a number, got {value!r}")
+    return obj
+
+
+def load(path: str | os.PathLike) -> RunConfig:
+    """Read and validate a run configuration."""
+    path = os.fspath(path)
+    try:
+        with open(path) as handle:
+            raw = yaml.safe_load(handle)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    top = {"structure", "symmetry", "bias", "server", "recorder"}
+    unknown = sorted(set(raw) - top)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(top))})")
+    base = os.path.dirname(os.path.abspath(path))
+    resolve = lambda p: p if p is None or os.path.isabs(p) else os.path.join(base, p)
+
+    if "structure" not in raw or not isinstance(raw["structure"], str):
+        raise ConfigError(f"{path}: 'structure' (the file i-PI starts from) is required")
+    structure = resolve(raw["structure"])
+    if not os.path.exists(structure):
+        raise ConfigError(f"{path}: 'structure': file {structure} not found")
+
+    symmetry = raw.get("symmetry") or {"default": {}}
+    if not isinstance(symmetry, dict) or len(symmetry) != 1 or \
+            next(iter(symmetry)) not in ("default", "params", "potential_saved"):
+        raise ConfigError(f"{path}: 'symmetry' needs exactly one of 'default', 'params', 'potential_saved'")
+    if "params" in symmetry:
+        if not isinstance(symmetry["params"], dict):
+            raise ConfigError(f"{path}: 'symmetry.params' must map elements to params_XX files")
+        symmetry = {"params": {e: resolve(p) for e, p in symmetry["params"].items()}}
+    elif "potential_saved" in symmetry:
+        symmetry = {"potential_saved": resolve(symmetry["potential_saved"])}
+
+    bias = _section(raw, "bias", BiasSettings, path)
+    server = _section(raw, "server", ServerSettings, path)
+    recorder = _section(raw, "recorder", RecorderSettings, path)
+    if server.mode not in ("proxy", "bias"):
+        raise ConfigError(f"{path}: 'server.mode' must be 'proxy' or 'bias', got {server.mode!r}")
+    if bias.covariance not in COVARIANCES:
+        raise ConfigError(f"{path}: 'bias.covariance' must be one of {COVARIANCES}, got {bias.covariance!r}")
+    bias.hills_file = resolve(bias.hills_file)
+    recorder.path = resolve(recorder.path)
+
+    if "default" in symmetry:
+        from ase.io import read
+        spec = dict(symmetry["default"] or {})
+        if "elements" not in spec:
+            spec["elements"] = sorted(set(read(structure).get_chemical_symbols()))
+        symmetry = {"default": spec}
+    config = RunConfig(path, structure, symmetry, bias, server, recorder)
+    try:
+        sf = config.symmetry_functions()
+        GMetaDBias(sf, **config._bias_kwargs())
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return config
+
+
+def as_dict(config: RunConfig) -> dict[str, Any]:
+    """The configuration as plain data (for logs)."""
+    from dataclasses import asdict
+    return {"structure": config.structure, "symmetry": config.symmetry, "bias": asdict(config.bias),
+            "server": asdict(config.server), "recorder": asdict(config.recorder)}

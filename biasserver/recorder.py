@@ -1,0 +1,104 @@
+"""The training-set recorder: every reference evaluation becomes an extxyz frame.
+
+Frames hold the unbiased reference energy, forces and (when the force client sent
+a virial for a periodic cell) stress, as an ASE single-point calculator would, so
+``ase.io.read(path, ":")`` gives atoms whose ``get_potential_energy()``,
+``get_forces()`` and ``get_stress()`` are the reference values. ``info`` also
+carries ``bias_energy`` (eV), ``step`` (MD step), ``walker`` (the i-PI bead or
+replica index) and ``n_hills``.
+
+Appends are crash-safe: each frame is written with one ``write`` call on an
+``O_APPEND`` descriptor and flushed (and fsync'ed unless disabled); on opening,
+an interrupted last frame left by a crash is cut off, so the file always holds
+whole frames only.
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+
+
+def _complete_length(path: str) -> int:
+    """Byte length of the leading run of complete extxyz frames in ``path``."""
+    good = 0
+    with open(path, "rb") as handle:
+        data = handle.read()
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break
+        try:
+            natoms = int(data[pos:end])
+        except ValueError:
+            break
+        cursor = end + 1
+        for _ in range(natoms + 1):       # comment line + one line per atom
+            nxt = data.find(b"\n", cursor)
+            if nxt < 0:
+                return good
+            cursor = nxt + 1
+        pos = good = cursor
+    return good
+
+
+class FrameRecorder:
+    """Appends reference frames to an extxyz file (see module docstring).
+
+    symbols: chemical symbols of the atoms, in i-PI's order; pbc: periodicity.
+    """
+
+    def __init__(self, path: str | os.PathLike, symbols, pbc=(True, True, True), fsync: bool = True):
+        self.path = os.fspath(path)
+        self.symbols = list(symbols)
+        self.pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), 3).copy()
+        self.fsync = fsync
+        self.n_frames = 0
+        if os.path.exists(self.path):
+            keep = _complete_length(self.path)
+            if keep != os.path.getsize(self.path):
+                with open(self.path, "rb+") as handle:
+                    handle.truncate(keep)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def frame(self, positions: np.ndarray, cell: np.ndarray, energy: float, forces: np.ndarray,
+              virial: np.ndarray | None = None, **info) -> Atoms:
+        """The Atoms of one frame: positions (N, 3) and cell (3, 3, rows) in angstrom,
+        reference energy (eV), forces (N, 3) eV/A, virial (3, 3) eV or None."""
+        atoms = Atoms(self.symbols, positions=positions, cell=cell, pbc=self.pbc)
+        results = {"energy": float(energy), "free_energy": float(energy), "forces": np.asarray(forces)}
+        if virial is not None and self.pbc.all():
+            stress = -np.asarray(virial) / atoms.get_volume()
+            results["stress"] = 0.5 * (stress + stress.T)
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info.update(info)
+        return atoms
+
+    def record(self, positions: np.ndarray, cell: np.ndarray, energy: float, forces: np.ndarray,
+               virial: np.ndarray | None = None, **info) -> None:
+        """Append one frame (arguments as :meth:`frame`; ``info`` goes to the comment line)."""
+        buffer = io.StringIO()
+        write(buffer, self.frame(positions, cell, energy, forces, virial, **info), format="extxyz")
+        data = buffer.getvalue().encode()
+        written = os.write(self._fd, data)
+        if written != len(data):   # a short write: finish it, the file must hold whole frames
+            os.write(self._fd, data[written:])
+        if self.fsync:
+            os.fsync(self._fd)
+        self.n_frames += 1
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "FrameRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
