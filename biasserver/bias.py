@@ -121,11 +121,15 @@ class GMetaDBias:
     # -- evaluation ---------------------------------------------------------
     def energy_forces(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
         """Bias energy (eV), forces (N, 3) eV/A and virial (3, 3) eV at ``atoms``."""
-        return self._evaluate(atoms, self.symmetry_functions.compute(atoms))
+        return self._evaluate(atoms, self._descriptors(atoms))
+
+    def _descriptors(self, atoms: Atoms) -> Descriptors:
+        """Symmetry functions of the biased atoms only (c_e > 0): the others cost nothing."""
+        return self.symmetry_functions.compute(atoms, [e for e, c in self.species.items() if c > 0])
 
     def atom_energies(self, atoms: Atoms) -> np.ndarray:
         """U_i (eV) of every atom from the hills alone (walls excluded)."""
-        values = self.symmetry_functions.values(atoms)
+        values = self.symmetry_functions.values(atoms, [e for e, c in self.species.items() if c > 0])
         species = self.symmetry_functions.species(atoms)
         energies = np.zeros(len(atoms))
         for k, e in enumerate(self.symmetry_functions.elements):
@@ -155,7 +159,7 @@ class GMetaDBias:
         """The per-MD-step entry point: energy, forces and virial at ``atoms`` (as
         :meth:`energy_forces`), then a deposition when the step is a positive
         multiple of ``stride``. The returned forces are those before the deposition."""
-        desc = self.symmetry_functions.compute(atoms)
+        desc = self._descriptors(atoms)
         result = self._evaluate(atoms, desc)
         if self.step_count > 0 and self.step_count % self.stride == 0:
             self._deposit(desc)
@@ -165,7 +169,7 @@ class GMetaDBias:
     def deposit(self, atoms: Atoms) -> int:
         """Deposit one hill per biased atom at its current G_i; returns the number
         of hills added (merged hills are not new)."""
-        return self._deposit(self.symmetry_functions.compute(atoms))
+        return self._deposit(self._descriptors(atoms))
 
     def _deposit(self, desc: Descriptors) -> int:
         added = 0

@@ -20,12 +20,12 @@ import os
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io import write
+from ase.io import read, write
 
 
-def _complete_length(path: str) -> int:
-    """Byte length of the leading run of complete extxyz frames in ``path``."""
-    good = 0
+def _complete_length(path: str) -> tuple[int, int]:
+    """Byte length and number of the leading complete extxyz frames in ``path``."""
+    good = count = 0
     with open(path, "rb") as handle:
         data = handle.read()
     pos = 0
@@ -41,10 +41,11 @@ def _complete_length(path: str) -> int:
         for _ in range(natoms + 1):       # comment line + one line per atom
             nxt = data.find(b"\n", cursor)
             if nxt < 0:
-                return good
+                return good, count
             cursor = nxt + 1
         pos = good = cursor
-    return good
+        count += 1
+    return good, count
 
 
 class FrameRecorder:
@@ -59,8 +60,10 @@ class FrameRecorder:
         self.pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), 3).copy()
         self.fsync = fsync
         self.n_frames = 0
+        #: frames the file held when it was opened (a restarted run appends to them)
+        self.n_frames_on_disk = 0
         if os.path.exists(self.path):
-            keep = _complete_length(self.path)
+            keep, self.n_frames_on_disk = _complete_length(self.path)
             if keep != os.path.getsize(self.path):
                 with open(self.path, "rb+") as handle:
                     handle.truncate(keep)
@@ -91,6 +94,10 @@ class FrameRecorder:
         if self.fsync:
             os.fsync(self._fd)
         self.n_frames += 1
+
+    def last_frame(self) -> Atoms:
+        """The last complete frame on disk."""
+        return read(self.path, index=-1, format="extxyz")
 
     def close(self) -> None:
         if self._fd is not None:

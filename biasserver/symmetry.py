@@ -344,20 +344,28 @@ class SymmetryFunctions:
         """Full neighbour list of ``atoms`` within the largest cutoff."""
         return kernels.neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff)
 
-    def values(self, atoms: Atoms) -> dict[str, np.ndarray]:
-        """element -> (n_e, F_e) values, atoms in the order they appear in ``atoms``."""
-        return self._evaluate(atoms, derivatives=False).values
+    def values(self, atoms: Atoms, elements: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """element -> (n_e, F_e) values, atoms in the order they appear in ``atoms``.
 
-    def compute(self, atoms: Atoms) -> Descriptors:
-        """Values, analytic derivatives and what the virial needs (see :class:`Descriptors`)."""
-        return self._evaluate(atoms, derivatives=True)
+        elements: compute only centres of these elements (default: all); the
+        others get (0, F_e) arrays.
+        """
+        return self._evaluate(atoms, False, elements).values
 
-    def _evaluate(self, atoms: Atoms, derivatives: bool) -> Descriptors:
+    def compute(self, atoms: Atoms, elements: Sequence[str] | None = None) -> Descriptors:
+        """Values, analytic derivatives and what the virial needs (see :class:`Descriptors`),
+        for the centres of ``elements`` (default: all)."""
+        return self._evaluate(atoms, True, elements)
+
+    def _evaluate(self, atoms: Atoms, derivatives: bool, elements: Sequence[str] | None) -> Descriptors:
         species = self.species(atoms)
         neighbours = self.neighbour_list(atoms)
+        wanted = set(self.elements if elements is None else elements)
         indices, values, derivs, pair_index, pair_centre = {}, {}, {}, {}, {}
         for k, e in enumerate(self.elements):
             centres = np.flatnonzero(species == k).astype(np.int32)
+            if e not in wanted:
+                centres = centres[:0]
             indices[e] = centres
             vals, deriv, pairs = kernels.symmetry_functions(
                 centres, species, neighbours, self.tables[e], derivatives)

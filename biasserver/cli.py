@@ -1,0 +1,158 @@
+"""The ``gmetad`` command line.
+
+    gmetad serve CONFIG          run the bias server of a YAML run configuration
+    gmetad driver NAME ...       run an ASE calculator as an i-PI force client
+    gmetad run DIR               i-PI + server + driver for an example directory
+    gmetad hills FILE            summarise a hills file
+    gmetad select FRAMES ...     pick a training subset from recorded frames
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+
+log = logging.getLogger("gmetad")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+def build_server(config, bias_enabled: bool | None = None):
+    """The BiasServer a validated RunConfig describes."""
+    from ase.io import read
+
+    from .config import keep_aside
+    from .recorder import FrameRecorder
+    from .server import BiasServer
+
+    template = read(config.structure)
+    enabled = config.bias.enabled if bias_enabled is None else bias_enabled
+    bias = config.make_bias() if enabled else None
+    proxy = config.server.mode == "proxy"
+    recorder = None
+    if proxy and config.recorder.path:
+
+        if os.path.exists(config.recorder.path) and not config.bias.restart:
+            keep_aside(config.recorder.path)
+        recorder = FrameRecorder(config.recorder.path, template.get_chemical_symbols(), template.pbc,
+                                 fsync=config.recorder.fsync)
+    return BiasServer(bias, template, config.server.ipi,
+                      listen_address=config.server.listen if proxy else None, recorder=recorder,
+                      allow_remote=config.server.allow_remote, compute_timeout=config.server.timeout)
+
+
+def cmd_serve(args) -> int:
+    from .config import load
+    config = load(args.config)
+    if args.mode:
+        config.server.mode = args.mode
+    server = build_server(config, bias_enabled=False if args.no_bias else None)
+    steps = server.serve()
+    log.info("served %d steps", steps)
+    return 0
+
+
+def cmd_driver(args) -> int:
+    from ase.io import read
+
+    from drivers.calculators import make_calculator
+    from drivers.client import run_driver
+
+    kwargs = json.loads(args.kwargs)
+    if not isinstance(kwargs, dict):
+        raise SystemExit("gmetad driver: --kwargs must be a JSON object")
+    calculator = make_calculator(args.calculator, **kwargs)
+    served = run_driver(calculator, read(args.structure), args.address,
+                        connect_timeout=args.connect_timeout, reinit_each_step=args.reinit_each_step)
+    log.info("driver served %d evaluations", served)
+    return 0
+
+
+def cmd_hills(args) -> int:
+    from .hillsfile import read
+    content = read(args.file)
+    print(f"hills file {args.file}")
+    bias = content.bias
+    print(f"  covariance {bias.get('covariance')}, height {bias.get('height')} eV, width {bias.get('width')}, "
+          f"stride {bias.get('stride')}, well-tempered {bias.get('well_tempered')}, "
+          f"compression {bias.get('compression')}")
+    latest = {}
+    for r in content.records:
+        latest[(r.element, r.id)] = r
+    for element, dim in content.dimensions.items():
+        hills = [r for (e, _), r in latest.items() if e == element]
+        if not hills:
+            print(f"  {element}: no hills (D = {dim})")
+            continue
+        heights = np.array([r.height for r in hills])
+        steps = np.array([r.step for r in hills])
+        print(f"  {element}: {len(hills)} hills in D = {dim}, heights {heights.min():.3g}..{heights.max():.3g} eV "
+              f"(sum {heights.sum():.4g} eV), steps {steps.min()}..{steps.max()}")
+    merges = len(content.records) - len(latest)
+    print(f"  {len(content.records)} records, {merges} merges")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gmetad", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the bias server of a YAML run configuration")
+    p.add_argument("config")
+    p.add_argument("--mode", choices=("proxy", "bias"), help="override server.mode")
+    p.add_argument("--no-bias", action="store_true", help="relay and record without biasing (plain MD)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("driver", help="run an ASE calculator as an i-PI force client")
+    p.add_argument("calculator", help="emt, sw, tersoff, eam, or package.module:Class")
+    p.add_argument("--structure", "-s", required=True, help="template structure (symbols, pbc)")
+    p.add_argument("--address", "-a", required=True, help="unix:NAME, unix:/path or inet:HOST:PORT")
+    p.add_argument("--kwargs", default="{}", help="JSON object of calculator keyword arguments")
+    p.add_argument("--connect-timeout", type=float, default=120.0)
+    p.add_argument("--reinit-each-step", action="store_true")
+    p.set_defaults(func=cmd_driver)
+
+    p = sub.add_parser("run", help="i-PI + bias server + driver for an example directory")
+    p.add_argument("directory")
+    p.add_argument("--steps", type=int, help="MD steps per run (default: the example's)")
+    p.add_argument("--only", choices=("gmetad", "plain"), help="run only the biased or the plain variant")
+    p.add_argument("--output", help="output folder (default: DIR/output)")
+    p.set_defaults(func=lambda a: __import__("biasserver.runner", fromlist=["main"]).main(a))
+
+    p = sub.add_parser("hills", help="summarise a hills file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_hills)
+
+    p = sub.add_parser("select", help="pick a training subset from recorded frames")
+    p.add_argument("frames", help="extxyz file written by the recorder")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--stride", type=int, default=1, help="keep every n-th frame first")
+    p.add_argument("--fps", type=int, help="then keep this many by farthest-point sampling in G space")
+    p.add_argument("--config", help="run configuration giving the symmetry functions (default: the "
+                                    "method's default set for the frames' elements)")
+    p.set_defaults(func=lambda a: __import__("biasserver.select", fromlist=["main"]).main(a))
+
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return 130
+    except (ValueError, OSError) as err:
+        log.error("%s", err)
+        return 1
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

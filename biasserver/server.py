@@ -1,0 +1,218 @@
+"""The G-metaD bias server: one core, two modes.
+
+Proxy mode (default): the server is one i-PI client. Force clients (DFT codes
+started with ``--ipi``, MLP or ASE drivers) connect to the server's own socket as
+they would to i-PI. For every step the server relays i-PI's positions to a force
+client, evaluates the bias meanwhile, records the unbiased reference frame and
+returns reference + bias to i-PI, with ``bias_energy``, ``reference_energy`` and
+``n_hills`` in the JSON extras. A force client that dies, times out or sends a
+malformed message is dropped with a log line saying what was wrong; the pending
+positions go to the next client that connects, so no frame is lost or doubled.
+
+Bias mode: the server is an i-PI client that returns the bias alone, for
+``<ensemble><bias>`` or an extra ``<force>``; the force client talks to i-PI
+directly. Nothing is recorded (the server never sees the reference).
+
+Data flow: positions from i-PI -> units (protocol) -> C kernels -> bias ->
+forces -> units (protocol) -> i-PI.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import numpy as np
+from ase import Atoms
+
+from .bias import GMetaDBias
+from .protocol import (ClientRole, Connection, ForceResult, Listener, Positions, ProtocolError,
+                       ServerRole, connect, listen)
+from .recorder import FrameRecorder
+
+log = logging.getLogger("gmetad.server")
+
+
+class ReferencePool:
+    """The force clients connected to the proxy's listening socket.
+
+    :meth:`evaluate` hands positions to the current client; if it fails in any
+    way (closed, killed, timed out, malformed or non-finite reply, wrong atom
+    count) that client is dropped and the same positions go to the next client,
+    waiting for one to connect if need be.
+    """
+
+    def __init__(self, listener: Listener, natoms: int, compute_timeout: Optional[float] = None,
+                 accept_timeout: Optional[float] = None):
+        self.listener = listener
+        self.natoms = natoms
+        self.compute_timeout = compute_timeout
+        self.accept_timeout = accept_timeout
+        self.client: Optional[Connection] = None
+        self.dropped = 0
+        self._closing = threading.Event()
+
+    def _connected_client(self) -> Connection:
+        if self.client is None:
+            log.info("waiting for a force client on %s", self.listener.address)
+            self.client = self.listener.accept(timeout=self.accept_timeout, io_timeout=60.0)
+            log.info("force client connected: %s", self.client.peer)
+        return self.client
+
+    def evaluate(self, positions: Positions, step: int, bead: int = 0, init_string: str = "") -> ForceResult:
+        """Reference energy (eV), forces (eV/A) and virial (eV) at ``positions``."""
+        while True:
+            conn = self._connected_client()
+            try:
+                role = ServerRole(conn, compute_timeout=self.compute_timeout)
+                result = role.evaluate(positions, bead=bead, init_string=init_string)
+                if result.natoms != self.natoms:
+                    raise ProtocolError(f"FORCEREADY: {result.natoms} atoms, expected {self.natoms}",
+                                        "FORCEREADY")
+                return result
+            except (ProtocolError, OSError) as err:
+                self.dropped += 1
+                log.warning("dropping force client %s at step %d: %s; the step's positions go to "
+                            "the next client", conn.peer, step, err)
+                conn.close()
+                self.client = None
+
+    def close(self) -> None:
+        """Send EXIT to the connected client and stop listening."""
+        if self.client is not None:
+            ServerRole(self.client).send_exit()
+            self.client.close()
+            self.client = None
+        self.listener.close()
+
+
+class BiasServer:
+    """Serve G-metaD to i-PI (see the module docstring).
+
+    bias: the G-metaD bias, or None to relay and record without biasing (plain MD
+    with the same machinery, for comparison runs); template: Atoms giving element
+    symbols and pbc in i-PI's atom order; ipi_address: i-PI's socket;
+    listen_address: the proxy's socket for force clients (None in bias mode);
+    recorder: where reference frames go (proxy mode only).
+    """
+
+    def __init__(self, bias: GMetaDBias | None, template: Atoms, ipi_address: str,
+                 listen_address: str | None = None, recorder: FrameRecorder | None = None,
+                 allow_remote: bool = False, compute_timeout: Optional[float] = None,
+                 connect_timeout: float = 120.0, accept_timeout: Optional[float] = None):
+        self.bias = bias
+        self.template = template
+        self.natoms = len(template)
+        self.ipi_address = ipi_address
+        self.recorder = recorder
+        self.connect_timeout = connect_timeout
+        self.mode = "bias" if listen_address is None else "proxy"
+        if self.mode == "bias" and bias is None:
+            raise ValueError("bias mode needs a bias")
+        self.pool = None
+        if listen_address is not None:
+            self.pool = ReferencePool(listen(listen_address, allow_remote=allow_remote), self.natoms,
+                                      compute_timeout, accept_timeout)
+        self.step = bias.step_count if bias is not None else 0
+        self._skip_positions = self._last_recorded_positions()
+        if bias is not None:
+            bias.step_count = self.step   # deposition times follow the recorded MD steps
+
+    @property
+    def listen_address(self):
+        return None if self.pool is None else self.pool.listener.address
+
+    def _last_recorded_positions(self) -> np.ndarray | None:
+        """Positions of the last recorded frame, to avoid a duplicate after a restart."""
+        if self.recorder is None or self.recorder.n_frames_on_disk == 0:
+            return None
+        last = self.recorder.last_frame()
+        self.step = max(self.step, int(last.info.get("step", -1)) + 1)
+        return last.positions
+
+    def _atoms(self, positions: Positions) -> Atoms:
+        atoms = self.template.copy()
+        atoms.set_cell(positions.cell, scale_atoms=False)
+        atoms.set_positions(positions.positions)
+        return atoms
+
+    def _bias_terms(self, atoms: Atoms):
+        if self.bias is None:
+            return 0.0, np.zeros((self.natoms, 3)), np.zeros((3, 3))
+        return self.bias.step(atoms)
+
+    def _extras(self, bias_energy: float, reference_energy: float | None = None, client_extras: str = "") -> str:
+        extras = {"bias_energy": bias_energy, "n_hills": 0 if self.bias is None else self.bias.n_hills}
+        if reference_energy is not None:
+            extras["reference_energy"] = reference_energy
+        if client_extras:
+            try:
+                parsed = json.loads(client_extras)
+                extras.update(parsed if isinstance(parsed, dict) else {"client": parsed})
+            except json.JSONDecodeError:
+                extras["client"] = client_extras
+        return json.dumps(extras)
+
+    def serve(self) -> int:
+        """Connect to i-PI and serve until it sends EXIT or closes; returns the steps served."""
+        conn = connect(self.ipi_address, timeout=self.connect_timeout, io_timeout=None)
+        log.info("connected to i-PI at %s (%s mode%s)", self.ipi_address, self.mode,
+                 "" if self.bias is not None else ", bias off")
+        ipi = ClientRole(conn, natoms=self.natoms)
+        served = 0
+        executor = ThreadPoolExecutor(max_workers=1) if self.pool is not None else None
+        try:
+            while True:
+                positions = ipi.wait_positions(timeout=None)
+                if positions is None:
+                    log.info("i-PI ended the run after %d steps", served)
+                    break
+                result = self._proxy_step(positions, ipi, executor) if self.pool is not None \
+                    else self._bias_step(positions)
+                if not ipi.send_forces(result):
+                    break
+                served += 1
+                self.step += 1
+        finally:
+            conn.close()
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+            self.close()
+        return served
+
+    def _bias_step(self, positions: Positions) -> ForceResult:
+        energy, forces, virial = self.bias.step(self._atoms(positions))
+        return ForceResult(energy, forces, virial, extras=self._extras(energy))
+
+    def _proxy_step(self, positions: Positions, ipi: ClientRole, executor) -> ForceResult:
+        atoms = self._atoms(positions)
+        pending = executor.submit(self.pool.evaluate, positions, self.step,
+                                  ipi.init_bead or 0, ipi.init_string or "")
+        try:
+            bias_energy, bias_forces, bias_virial = self._bias_terms(atoms)   # meanwhile
+        finally:
+            reference = pending.result()
+        if self._skip_positions is not None and np.allclose(self._skip_positions, positions.positions,
+                                                            rtol=0, atol=1e-6):
+            log.info("step %d repeats the last recorded frame (restart): not recorded twice", self.step)
+        elif self.recorder is not None:
+            virial = reference.virial if np.any(reference.virial) else None
+            self.recorder.record(positions.positions, positions.cell, reference.energy, reference.forces,
+                                 virial, bias_energy=bias_energy, step=self.step,
+                                 walker=ipi.init_bead or 0,
+                                 n_hills=0 if self.bias is None else self.bias.n_hills)
+        self._skip_positions = None
+        return ForceResult(reference.energy + bias_energy, reference.forces + bias_forces,
+                           reference.virial + bias_virial,
+                           extras=self._extras(bias_energy, reference.energy, reference.extras))
+
+    def close(self) -> None:
+        """Release sockets and files (EXIT to the force client)."""
+        if self.pool is not None:
+            self.pool.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.bias is not None:
+            self.bias.close()
