@@ -75,7 +75,11 @@ int gm_gaussian_sum(int n_query, int dim, const double *query, int n_hills,
     if (n_blocks > 0 && (!order || !block_start || !block_centre || !block_radius || !block_min_eig))
         return GM_EINVAL;
     long total = 0;
-#pragma omp parallel reduction(+ : total)
+    /* Threads only pay off for large sums; small ones (one biased atom, few
+     * hills) would lose more to thread start-up and spinning than they gain,
+     * all the more on a machine shared with i-PI and the force engine. */
+    const int parallel = (double)n_query * n_hills * dim * (inv_cov ? dim : 1) > 2.0e6;
+#pragma omp parallel reduction(+ : total) if (parallel)
     {
         double diff[dim > 0 ? dim : 1], y[dim > 0 ? dim : 1];
 #pragma omp for schedule(static)
