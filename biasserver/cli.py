@@ -49,6 +49,9 @@ def build_server(config, bias_enabled: bool | None = None):
 
 
 def cmd_serve(args) -> int:
+    # The server shares the machine with i-PI and the force engine: one kernel
+    # thread unless the user asks for more (read when the C library loads).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from .config import load
     config = load(args.config)
     if args.mode:

@@ -30,6 +30,12 @@ to the YAML file)::
     recorder:
       path: frames.extxyz          # null: no recording
       fsync: true
+    run:                           # only for gmetad run DIR
+      ipi_input: input.xml
+      driver: gmetad driver emt --structure {structure} --address {address}
+      steps: 4000
+      plain: true                  # also run the same MD with the bias off
+      analysis: python {dir}/analyse.py
 
 Errors name the file and the key at fault.
 """
@@ -82,6 +88,22 @@ class RecorderSettings:
 
 
 @dataclass
+class RunSettings:
+    """How ``gmetad run DIR`` starts an example (ignored by ``gmetad serve``).
+
+    driver: the force client's command line; ``{address}`` becomes the proxy's
+    address, ``{structure}`` the structure file, ``{dir}`` the example folder.
+    analysis: a command run in the output folder after the runs.
+    """
+
+    ipi_input: str = "input.xml"
+    driver: str | None = None
+    steps: int | None = None
+    plain: bool = False
+    analysis: str | None = None
+
+
+@dataclass
 class RunConfig:
     """A validated run configuration (paths resolved against the YAML's folder)."""
 
@@ -91,6 +113,7 @@ class RunConfig:
     bias: BiasSettings
     server: ServerSettings
     recorder: RecorderSettings
+    run: RunSettings = field(default_factory=RunSettings)
 
     def symmetry_functions(self) -> SymmetryFunctions:
         """The symmetry functions the ``symmetry`` section describes."""
@@ -172,7 +195,7 @@ def load(path: str | os.PathLike) -> RunConfig:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    top = {"structure", "symmetry", "bias", "server", "recorder"}
+    top = {"structure", "symmetry", "bias", "server", "recorder", "run"}
     unknown = sorted(set(raw) - top)
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(top))})")
@@ -199,6 +222,8 @@ def load(path: str | os.PathLike) -> RunConfig:
     bias = _section(raw, "bias", BiasSettings, path)
     server = _section(raw, "server", ServerSettings, path)
     recorder = _section(raw, "recorder", RecorderSettings, path)
+    run = _section(raw, "run", RunSettings, path)
+    run.ipi_input = resolve(run.ipi_input)
     if server.mode not in ("proxy", "bias"):
         raise ConfigError(f"{path}: 'server.mode' must be 'proxy' or 'bias', got {server.mode!r}")
     if bias.covariance not in COVARIANCES:
@@ -212,7 +237,7 @@ def load(path: str | os.PathLike) -> RunConfig:
         if "elements" not in spec:
             spec["elements"] = sorted(set(read(structure).get_chemical_symbols()))
         symmetry = {"default": spec}
-    config = RunConfig(path, structure, symmetry, bias, server, recorder)
+    config = RunConfig(path, structure, symmetry, bias, server, recorder, run)
     try:
         sf = config.symmetry_functions()
         GMetaDBias(sf, **config._bias_kwargs())
@@ -225,4 +250,5 @@ def as_dict(config: RunConfig) -> dict[str, Any]:
     """The configuration as plain data (for logs)."""
     from dataclasses import asdict
     return {"structure": config.structure, "symmetry": config.symmetry, "bias": asdict(config.bias),
-            "server": asdict(config.server), "recorder": asdict(config.recorder)}
+            "server": asdict(config.server), "recorder": asdict(config.recorder),
+            "run": asdict(config.run)}

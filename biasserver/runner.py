@@ -1,0 +1,244 @@
+"""``gmetad run DIR``: i-PI, the bias server and a force client for one example.
+
+For each variant (``gmetad``, and ``plain`` with the bias off when the example's
+``run.plain`` is set) the runner writes a private copy of the i-PI input and of
+the YAML into ``DIR/output/<variant>/`` with fresh socket names, starts i-PI,
+the server and the driver, shows progress, and stops all three: when i-PI
+finishes, when one of them dies (saying which, with the tail of its log), or on
+Ctrl-C. An earlier output folder is kept aside as ``output.N``, never deleted.
+Then the example's ``run.analysis`` command runs in the output folder.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict
+
+import yaml
+
+from .config import RunConfig, as_dict, keep_aside, load
+from .protocol import parse_address
+
+POLL_SECONDS = 0.2
+
+
+class RunFailed(RuntimeError):
+    """One of the processes of a run failed; the message says which and why."""
+
+
+def _socket_name(address: str) -> str:
+    """i-PI's bare socket name of a ``unix:NAME`` address."""
+    if not address.startswith("unix:") or "/" in address[5:]:
+        raise ValueError(f"gmetad run needs unix:NAME addresses (i-PI's convention), got {address!r}")
+    return address[5:]
+
+
+def write_ipi_input(source: str, target: str, ipi_socket: str, old_socket: str,
+                    steps: int | None, base: str) -> str:
+    """Copy an i-PI input, pointing the ffsocket at ``ipi_socket``, making file paths
+    absolute and optionally setting total_steps. Returns the output prefix."""
+    tree = ET.parse(source)
+    root = tree.getroot()
+    sockets = [s for s in root.iter("ffsocket") if (s.findtext("address") or "").strip() == old_socket]
+    if not sockets:
+        raise ValueError(f"{source}: no <ffsocket> with <address> {old_socket} (server.ipi of the YAML)")
+    for s in sockets:
+        s.find("address").text = f" {ipi_socket} "
+    for f in root.iter("file"):
+        path = (f.text or "").strip()
+        if path and not os.path.isabs(path):
+            f.text = f" {os.path.join(base, path)} "
+    if steps is not None:
+        node = root.find("total_steps")
+        if node is None:
+            node = ET.SubElement(root, "total_steps")
+        node.text = f" {int(steps)} "
+    tree.write(target)
+    output = root.find("output")
+    return output.get("prefix", "i-pi") if output is not None else "i-pi"
+
+
+class Run:
+    """The three processes of one variant, started and stopped together."""
+
+    def __init__(self, config: RunConfig, variant: str, outdir: str, steps: int | None):
+        self.config, self.variant, self.outdir = config, variant, outdir
+        self.example = os.path.dirname(config.path)
+        tag = f"gmetad-{os.getpid()}-{variant}"
+        self.ipi_socket, self.ref_socket = tag, f"{tag}-ref"
+        os.makedirs(outdir)
+        self.prefix = write_ipi_input(config.run.ipi_input, os.path.join(outdir, "input.xml"),
+                                      self.ipi_socket, _socket_name(config.server.ipi), steps,
+                                      os.path.dirname(config.run.ipi_input))
+        self.total_steps = steps or int(ET.parse(os.path.join(outdir, "input.xml")).findtext("total_steps"))
+        data = as_dict(config)
+        data.pop("run")
+        data["server"].update(ipi=f"unix:{self.ipi_socket}", listen=f"unix:{self.ref_socket}")
+        data["bias"].update(hills_file=os.path.join(outdir, "HILLS"), restart=False,
+                            enabled=config.bias.enabled and variant == "gmetad")
+        data["recorder"]["path"] = os.path.join(outdir, "frames.extxyz")
+        with open(os.path.join(outdir, "gmetad.yaml"), "w") as handle:
+            yaml.safe_dump(data, handle, sort_keys=False)
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._ended: dict[str, float] = {}
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        log = open(os.path.join(self.outdir, f"{name}.log"), "w")
+        self.processes[name] = subprocess.Popen(argv, cwd=self.outdir, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+
+    def start(self) -> None:
+        self._start("i-pi", ["i-pi", "input.xml"])
+        path = parse_address(f"unix:{self.ipi_socket}").path
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise RunFailed(f"i-PI did not open its socket {path} within 60 s; see {self._log('i-pi')}")
+            time.sleep(POLL_SECONDS)
+        self._start("server", [sys.executable, "-m", "biasserver.cli", "serve", "gmetad.yaml"])
+        driver = self.config.run.driver
+        if not driver:
+            raise RunFailed(f"{self.config.path}: 'run.driver' is not set: no force client to start")
+        fields = {"address": f"unix:{self.ref_socket}", "structure": self.config.structure, "dir": self.example}
+        self._start("driver", [w.format(**fields) for w in shlex.split(driver)])
+
+    def _log(self, name: str) -> str:
+        return os.path.join(self.outdir, f"{name}.log")
+
+    def _tail(self, name: str, lines: int = 8) -> str:
+        try:
+            with open(self._log(name)) as handle:
+                return "".join(handle.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _check_alive(self) -> None:
+        """Raise RunFailed when a process failed, or ended cleanly but left i-PI hanging."""
+        for name, proc in self.processes.items():
+            code = proc.poll()
+            if code is None or (code == 0 and name == "i-pi"):
+                continue
+            if code == 0:
+                # the server and driver end on i-PI's EXIT, just before i-PI itself exits
+                self._ended.setdefault(name, time.monotonic())
+                if time.monotonic() - self._ended[name] < 30:
+                    continue
+                raise RunFailed(f"the {name} ended but i-PI did not finish within 30 s; "
+                                f"see {self._log('i-pi')}:\n{self._tail('i-pi')}")
+            raise RunFailed(f"the {name} process exited with code {code} before i-PI finished; "
+                            f"last lines of {self._log(name)}:\n{self._tail(name)}")
+
+    def progress(self) -> str:
+        step = 0
+        try:
+            with open(os.path.join(self.outdir, f"{self.prefix}.out"), "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 400))
+                last = handle.read().decode(errors="replace").strip().splitlines()[-1]
+                if not last.startswith("#"):
+                    step = int(float(last.split()[0]))
+        except (OSError, IndexError, ValueError):
+            pass
+        hills = 0
+        try:
+            with open(os.path.join(self.outdir, "HILLS")) as handle:
+                hills = sum(1 for line in handle if line and not line.startswith("#"))
+        except OSError:
+            pass
+        return f"[{self.variant}] step {step}/{self.total_steps}, {hills} hills"
+
+    def wait(self) -> None:
+        """Wait for i-PI to finish (printing progress), then for the others to exit."""
+        last_print = 0.0
+        interactive = sys.stderr.isatty()
+        while self.processes["i-pi"].poll() is None:
+            self._check_alive()
+            now = time.monotonic()
+            if now - last_print > (0.5 if interactive else 15):
+                print(("\r" if interactive else "") + self.progress(), end="" if interactive else "\n",
+                      file=sys.stderr, flush=True)
+                last_print = now
+            time.sleep(POLL_SECONDS)
+        if interactive:
+            print(file=sys.stderr)
+        self._check_alive()
+        for name in ("server", "driver"):
+            try:
+                code = self.processes[name].wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                raise RunFailed(f"the {name} did not exit within 60 s after i-PI finished") from None
+            if code != 0:
+                raise RunFailed(f"the {name} process exited with code {code}; last lines of "
+                                f"{self._log(name)}:\n{self._tail(name)}")
+        print(self.progress() + " - done", file=sys.stderr)
+
+    def stop(self) -> None:
+        """Terminate whatever still runs (process groups), then kill after a grace period."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for name in (self.ipi_socket, self.ref_socket):
+            path = parse_address(f"unix:{name}").path
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def run_example(directory: str, steps: int | None = None, only: str | None = None,
+                output: str | None = None) -> int:
+    """Run an example folder (see module docstring); returns a process exit code."""
+    config_path = os.path.join(directory, "gmetad.yaml")
+    if not os.path.exists(config_path):
+        print(f"gmetad run: {config_path} not found (an example folder holds gmetad.yaml, "
+              "input.xml and the structure)", file=sys.stderr)
+        return 2
+    config = load(os.path.abspath(config_path))
+    steps = steps or config.run.steps
+    output = os.path.abspath(output or os.path.join(directory, "output"))
+    if os.path.exists(output):
+        print(f"gmetad run: earlier output kept as {keep_aside(output)}", file=sys.stderr)
+    variants = ["gmetad"] + (["plain"] if config.run.plain else [])
+    if only:
+        variants = [only]
+    for variant in variants:
+        run = Run(config, variant, os.path.join(output, variant), steps)
+        print(f"gmetad run: {variant} run in {run.outdir}", file=sys.stderr)
+        try:
+            run.start()
+            run.wait()
+        except RunFailed as err:
+            print(f"gmetad run: {err}\ngmetad run: stopped i-PI, the server and the driver", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"\ngmetad run: interrupted; stopping i-PI, the server and the driver "
+                  f"(output so far in {run.outdir})", file=sys.stderr)
+            return 130
+        finally:
+            run.stop()
+    if config.run.analysis:
+        argv = [w.format(dir=os.path.dirname(config.path), output=output)
+                for w in shlex.split(config.run.analysis)]
+        code = subprocess.call(argv, cwd=output)
+        if code != 0:
+            print(f"gmetad run: the analysis '{config.run.analysis}' exited with code {code}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(args) -> int:
+    return run_example(args.directory, args.steps, args.only, args.output)
