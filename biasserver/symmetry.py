@@ -204,6 +204,8 @@ class SymmetryFunctions:
                         rc, c1, c2, c3 = (float(w) for w in words[3:])
                     except ValueError:
                         raise ParameterFileError(f"{where}: not a number in {text!r}") from None
+                    if kind not in (2, 4, 5):
+                        raise ParameterFileError(f"{where}: symmetry-function type must be 2, 4 or 5, got {kind}")
                     if kind == 2:
                         idx = [i for i in (i1, i2) if i != 0]
                         if len(idx) != 1:
@@ -319,7 +321,8 @@ class SymmetryFunctions:
             path = os.path.join(directory, f"params_{e}")
             with open(path, "w") as handle:
                 for kind, e1, e2, rc, c1, c2, c3 in self.tables[e]:
-                    handle.write(f"{int(kind)} {int(e1) + 1} {int(e2) + 1} {rc!r} {c1!r} {c2!r} {c3!r}\n")
+                    numbers = " ".join(repr(float(x)) for x in (rc, c1, c2, c3))
+                    handle.write(f"{int(kind)} {int(e1) + 1} {int(e2) + 1} {numbers}\n")
             paths[e] = path
         return paths
 
@@ -360,6 +363,10 @@ class SymmetryFunctions:
     def _evaluate(self, atoms: Atoms, derivatives: bool, elements: Sequence[str] | None) -> Descriptors:
         species = self.species(atoms)
         neighbours = self.neighbour_list(atoms)
+        if len(neighbours.first) and neighbours.distances.min() < 1e-8:
+            p = int(np.argmin(neighbours.distances))
+            raise ValueError(f"atoms {neighbours.first[p]} and {neighbours.second[p]} sit on the same "
+                             "position (or on each other's periodic image)")
         wanted = set(self.elements if elements is None else elements)
         indices, values, derivs, pair_index, pair_centre = {}, {}, {}, {}, {}
         for k, e in enumerate(self.elements):

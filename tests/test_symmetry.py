@@ -650,3 +650,11 @@ def test_constructor_rejects_bad_tables():
         SymmetryFunctions(["Si", "C"], {"Si": [[2, 0, -1, 6.0, 0.1, 0.0, 0.0]]})
     with pytest.raises(ValueError, match="duplicate"):
         SymmetryFunctions(["Si", "Si"], {"Si": [[2, 0, -1, 6.0, 0.1, 0.0, 0.0]]})
+
+
+def test_coincident_atoms_are_an_error_not_nan():
+    from ase import Atoms
+    from biasserver.symmetry import SymmetryFunctions
+    atoms = Atoms("Si3", positions=[[0, 0, 0], [1.2, 0.3, 0], [1.2, 0.3, 0]])
+    with pytest.raises(ValueError, match="atoms 1 and 2 sit on the same position"):
+        SymmetryFunctions.default(["Si"], cutoff=4.0).values(atoms)
