@@ -34,7 +34,7 @@ def build_server(config, bias_enabled: bool | None = None):
 
     template = read(config.structure)
     enabled = config.bias.enabled if bias_enabled is None else bias_enabled
-    bias = config.make_bias() if enabled else None
+    bias = config.make_bias(enabled)
     proxy = config.server.mode == "proxy"
     recorder = None
     if proxy and config.recorder.path:

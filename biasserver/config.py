@@ -20,7 +20,7 @@ to the YAML file)::
       walls: []                    # [{kind: height, ...}, {kind: distance, ...}]
       hills_file: HILLS
       restart: true                # continue from hills_file when it exists
-      enabled: true                # false: relay and record only (plain MD)
+      enabled: true                # false: no hills (walls stay): plain MD
     server:
       mode: proxy                  # proxy or bias
       ipi: unix:gmetad             # i-PI's socket (as <ffsocket> <address>)
@@ -124,8 +124,16 @@ class RunConfig:
             return SymmetryFunctions.read(spec["params"])
         return SymmetryFunctions.read_potential_saved(spec["potential_saved"])
 
-    def make_bias(self) -> GMetaDBias:
-        """The bias, continued from the hills file when ``restart`` is set and it exists."""
+    def make_bias(self, enabled: bool = True) -> GMetaDBias:
+        """The bias, continued from the hills file when ``restart`` is set and it exists.
+
+        enabled=False gives the same walls with every coefficient 0: no hills, no
+        hills file; the plain-MD reference run of a comparison.
+        """
+        if not enabled:
+            kwargs = self._bias_kwargs()
+            kwargs["species"] = {}
+            return GMetaDBias(self.symmetry_functions(), **kwargs)
         hills = self.bias.hills_file
         bias = GMetaDBias(self.symmetry_functions(), **self._bias_kwargs())
         if hills and os.path.exists(hills) and os.path.getsize(hills) > 0:

@@ -1,0 +1,89 @@
+"""The examples and the command line, end to end: gmetad run, hills, select."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase.build import add_adsorbate, fcc111
+from ase.io import read
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "examples", "pt111-h"))
+from sites import classify  # noqa: E402
+
+
+def gmetad(*args, timeout=240, cwd=None):
+    """Run the gmetad command line; fail (not hang) after ``timeout`` seconds."""
+    return subprocess.run([sys.executable, "-m", "biasserver.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+
+
+@pytest.mark.parametrize("site,height,expected", [
+    ("fcc", 1.0, "fcc"), ("hcp", 1.0, "hcp"), ("ontop", 1.6, "top"), ("bridge", 1.2, "bridge"),
+    ("fcc", -1.2, "subsurface"),
+])
+def test_site_classification(site, height, expected):
+    slab = fcc111("Pt", (3, 3, 4), a=3.92, vacuum=8.0)
+    add_adsorbate(slab, "H", height, site)
+    slab.rattle(0.02, seed=1)
+    assert classify(slab, len(slab) - 1) == expected
+
+
+def test_run_pt111_h_both_variants_and_analysis(tmp_path):
+    out = tmp_path / "out"
+    result = gmetad("run", os.path.join(ROOT, "examples", "pt111-h"), "--steps", "40", "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for variant in ("gmetad", "plain"):
+        frames = read(out / variant / "frames.extxyz", ":")
+        assert [f.info["step"] for f in frames] == list(range(41))
+    gm = read(out / "gmetad" / "frames.extxyz", ":")
+    # stride 10: deposits at steps 10, 20, 30, 40 (n_hills counts after the step)
+    assert gm[-1].info["n_hills"] == 4 and gm[10].info["n_hills"] == 1 and gm[9].info["n_hills"] == 0
+    plain = read(out / "plain" / "frames.extxyz", ":")
+    assert all(f.info["n_hills"] == 0 for f in plain)
+    # both runs start from the same state with the same seed: identical until the first hill acts
+    np.testing.assert_allclose(gm[5].positions, plain[5].positions, atol=1e-6)
+    summary = (out / "sites.txt").read_text()
+    assert "G-metaD" in summary and "plain MD" in summary
+    assert (out / "sites.png").stat().st_size > 1000
+    hills = gmetad("hills", str(out / "gmetad" / "HILLS"))
+    assert hills.returncode == 0 and "H: 4 hills in D = 70" in hills.stdout
+
+
+def test_run_reports_a_dead_driver(tmp_path):
+    example = tmp_path / "broken"
+    example.mkdir()
+    src = os.path.join(ROOT, "examples", "pt111-h")
+    for name in ("init.xyz", "input.xml"):
+        (example / name).write_bytes(open(os.path.join(src, name), "rb").read())
+    config = open(os.path.join(src, "gmetad.yaml")).read()
+    config = config.replace("gmetad driver emt", "gmetad driver no-such-engine").replace("plain: true", "plain: false")
+    (example / "gmetad.yaml").write_text(config)
+    result = gmetad("run", str(example), "--steps", "10", timeout=120)
+    assert result.returncode == 1
+    assert "the driver process exited with code" in result.stderr
+    assert "stopped i-PI, the server and the driver" in result.stderr
+    assert "no-such-engine" in result.stderr
+    leftover = subprocess.run(["pgrep", "-f", str(example)], capture_output=True, text=True).stdout
+    assert leftover.strip() == ""
+
+
+def test_select_by_stride_and_fps(tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+    frames = []
+    for k in range(12):
+        atoms = bulk("Si", "diamond", 5.43, cubic=True)
+        atoms.rattle(0.02 + 0.02 * (k % 4), seed=k)
+        frames.append(atoms)
+    frames[7].positions[0] += (0.6, 0.3, 0.0)          # one unusual environment
+    write(tmp_path / "frames.extxyz", frames)
+    out = tmp_path / "picked.extxyz"
+    result = gmetad("select", str(tmp_path / "frames.extxyz"), "--stride", "1", "--fps", "3", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    picked = read(out, ":")
+    assert len(picked) == 3
+    assert any(np.allclose(p.positions, frames[7].positions) for p in picked)
+    result = gmetad("select", str(tmp_path / "frames.extxyz"), "--stride", "4", "-o", str(out))
+    assert len(read(out, ":")) == 3
