@@ -7,15 +7,41 @@
  *   G5 = as G4 without the R_jk^2 term and without fc(R_jk)
  *
  * j < k runs over neighbour-list entries, so periodic images of one atom are
- * distinct neighbours, as the physical sums require. See gmetad.h. */
+ * distinct neighbours, as the physical sums require. See gmetad.h.
+ *
+ * How it is made fast (the angular sum is O(neighbours^2) per centre):
+ *  - per centre, every neighbour's fc, dfc and exp(-eta R^2) are computed once
+ *    per unique cutoff / eta, not once per triplet;
+ *  - the angular functions of each neighbour-element pair are grouped by
+ *    (kind, cutoff, eta); per triplet each unique exp(-eta R_jk^2), fc(R_jk) and
+ *    (1 + lambda cos)^zeta is evaluated once and shared by the group members;
+ *  - for a neighbour j ("row"), the partners k are compacted to the triplets that
+ *    can contribute (R_jk < every G4 cutoff is skipped when there is no G5), then
+ *    everything is computed in loops over that list that the compiler vectorises:
+ *    exp and cos/sin are inline polynomials (no libm calls in the hot loops) and
+ *    sums use LANES explicit partial sums (no -ffast-math needed);
+ *  - G depends on the pair vectors a = R_ij, b = R_ik only through |a|, |b| and
+ *    a.b, so dG/da = Ua a + W b with two scalars. With derivatives, each row sums
+ *    its own Ua and W b over all partners k (ordered pairs: every triplet is seen
+ *    from both j and k), so no partner's accumulator is ever written and the
+ *    inner loops are pure reductions; values are then halved. Without
+ *    derivatives only k > j is visited.
+ * Scratch is malloc'ed once per thread; there is no global state. */
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "gmetad.h"
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+/* Partial sums per reduction; row arrays are padded to a multiple of it. */
+#ifndef LANES
+#define LANES 2
 #endif
 
 int gm_max_threads(void) {
@@ -26,33 +52,681 @@ int gm_max_threads(void) {
 #endif
 }
 
-/* Cutoff function and its derivative d fc / dR. */
-static inline void cutoff_fn(double r, double rc, double *fc, double *dfc) {
-    if (r >= rc) { *fc = 0.0; *dfc = 0.0; return; }
-    double x = M_PI / rc;
-    *fc = 0.5 * (cos(x * r) + 1.0);
-    *dfc = -0.5 * x * sin(x * r);
+/* ---- inline math (branch-free, so that loops over it vectorise) ---------- */
+
+/* Selects are done on the bits: under the default -ftrapping-math the compiler
+ * will not turn "c ? computed : 0" into a vector blend, and the loop would stay
+ * scalar. */
+static inline uint64_t bits(double x) { uint64_t b; memcpy(&b, &x, sizeof b); return b; }
+static inline double from_bits(uint64_t b) { double x; memcpy(&x, &b, sizeof x); return x; }
+/* all ones if the sign bit of d is set (d < 0 or d = -0), else 0 */
+static inline uint64_t sign_mask(double d) { return (uint64_t)0 - (bits(d) >> 63); }
+/* v where d < 0, else +0 */
+static inline double where_negative(double d, double v) { return from_bits(bits(v) & sign_mask(d)); }
+/* max(x, 0) */
+static inline double positive_part(double x) { return where_negative(-x, x); }
+/* max(x, lo) */
+static inline double at_least(double x, double lo) {
+    const uint64_t m = sign_mask(x - lo);
+    return from_bits((bits(lo) & m) | (bits(x) & ~m));
+}
+/* 2^n from t = 1.5 * 2^52 + n (|n| < 1023): n goes into 1.0's exponent field */
+static inline double pow2_from_shifted(double t) { return from_bits(bits(1.0) + (bits(t) << 52)); }
+
+/* exp(x): x = n ln2 + r with |r| <= ln2/2 (Cody-Waite), Taylor polynomial to
+ * r^13 (truncation < 5e-18 relative), times 2^n applied as two factors so that
+ * subnormal results round once and x < -1400 gives 0. Checked against libm over
+ * [-800, 0]: within 1 ulp, and within one subnormal unit below 2.2e-308. */
+static inline double gm_exp(double x) {
+    const double shifter = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to integer */
+    const double xc = at_least(x, -1400.0);
+    const double t = xc * 1.4426950408889634 + shifter, n = t - shifter;
+    const double t1 = n * 0.5 + shifter, n1 = t1 - shifter, t2 = (n - n1) + shifter;
+    const double r = (xc - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    return p * pow2_from_shifted(t1) * pow2_from_shifted(t2);
 }
 
-/* base^zeta and d(base^zeta)/d base, with a multiplication fast path for the
- * small integer exponents every published parameter set uses. */
-static inline void power(double base, double zeta, double *p, double *dp) {
-    if (base <= 0.0) { /* 1 + lambda cos is >= 0 up to round-off */
-        *p = 0.0;
-        *dp = (zeta == 1.0) ? 1.0 : 0.0;
-        return;
+/* Cutoff function from R^2 (no sqrt, no division): with h = pi R / (2 Rc),
+ *   fc = 0.5 (cos(2h) + 1) = cos^2 h,
+ *   dfc/dR / R = -(pi/Rc) sin h cos h / R = -2 k2 (sin h / h) cos h,  k2 = (pi / (2 Rc))^2,
+ * where cos h and sin h / h are Taylor polynomials in h^2 (truncation < 2e-18 on
+ * [0, pi/2]). Both are 0 for R >= Rc. */
+static inline void cutoff_r2(double r2, double rc2, double k2, double *fc, double *dfc_r) {
+    const double h2 = k2 * r2;
+    double s = -1.0 / 51090942171709440000.0; /* sin h / h = sum (-h2)^n / (2n+1)! */
+    s = s * h2 + 1.0 / 121645100408832000.0;
+    s = s * h2 - 1.0 / 355687428096000.0;
+    s = s * h2 + 1.0 / 1307674368000.0;
+    s = s * h2 - 1.0 / 6227020800.0;
+    s = s * h2 + 1.0 / 39916800.0;
+    s = s * h2 - 1.0 / 362880.0;
+    s = s * h2 + 1.0 / 5040.0;
+    s = s * h2 - 1.0 / 120.0;
+    s = s * h2 + 1.0 / 6.0;
+    s = s * h2 - 1.0;
+    double c = 1.0 / 1124000727777607680000.0; /* -cos h = -sum (-h2)^n / (2n)! */
+    c = c * h2 - 1.0 / 2432902008176640000.0;
+    c = c * h2 + 1.0 / 6402373705728000.0;
+    c = c * h2 - 1.0 / 20922789888000.0;
+    c = c * h2 + 1.0 / 87178291200.0;
+    c = c * h2 - 1.0 / 479001600.0;
+    c = c * h2 + 1.0 / 3628800.0;
+    c = c * h2 - 1.0 / 40320.0;
+    c = c * h2 + 1.0 / 720.0;
+    c = c * h2 - 1.0 / 24.0;
+    c = c * h2 + 0.5;
+    c = c * h2 - 1.0;
+    const double inside = r2 - rc2; /* < 0 inside the cutoff */
+    *fc = where_negative(inside, c * c);
+    *dfc_r = where_negative(inside, -2.0 * k2 * s * c); /* (-s)(-c) = (sin h / h) cos h */
+}
+
+/* ---- the parameter table, reorganised once per call ------------------------ */
+
+/* Angular functions of one kind, cutoff and eta: per triplet they share
+ * exp(-eta ...), the cutoff product and the derivative factors. */
+typedef struct {
+    int kind;    /* 4 or 5 */
+    int ic, ie;  /* index into plan.rc / plan.eta */
+    int fc_slot; /* G4: row slot of fc(R_jk) for this cutoff */
+    int ec_slot; /* G4: row slot of exp(-eta R_jk^2) */
+} group_t;
+
+/* The angular functions of one unordered neighbour-element pair. */
+typedef struct {
+    int n_members, n_groups, n_pw, n_fc, n_ec;
+    int *gstart;      /* group g has members gstart[g] .. gstart[g+1]-1 */
+    int *func, *pw;   /* per member: function index (output column), power slot */
+    group_t *group;
+    double *zeta, *lambda, *pref; /* per power slot; pref = 2^(1-zeta) */
+    int *fc_ic, *ec_ie;           /* per row slot: its cutoff / eta index */
+    double rmax, rmax4;           /* largest cutoff of all members / of the G4 */
+    int has5;
+} pair_plan;
+
+typedef struct {
+    int n_types;   /* element indices 0 .. n_types-1 occur in the table */
+    int n_funcs;
+    int n_rc, n_eta;     /* unique cutoffs (all functions), unique angular etas */
+    double *rc, *eta;
+    /* G2 functions whose neighbour element is t: r_start[t] .. r_start[t+1]-1 */
+    int *r_start, *r_func, *r_ic;
+    double *r_eta, *r_rs;
+    int n_pairs;
+    pair_plan *pairs;
+    int *pair_of;        /* [t1 * n_types + t2] -> index into pairs, or -1 */
+    int max_groups, max_pw, max_fc, max_ec;
+    void *block;         /* everything above lives in this one allocation */
+} plan_t;
+
+static int find_or_add(double *list, int *n, double v) {
+    for (int a = 0; a < *n; a++)
+        if (list[a] == v) return a;
+    list[*n] = v;
+    return (*n)++;
+}
+
+/* Bump allocator over one block; sizes are rounded to 8 bytes. */
+static void *take(char **cur, size_t bytes) {
+    void *p = *cur;
+    *cur += (bytes + 7) & ~(size_t)7;
+    return p;
+}
+
+static int build_plan(int n_funcs, const double *params, plan_t *pl) {
+    memset(pl, 0, sizeof *pl);
+    int T = 1;
+    for (int f = 0; f < n_funcs; f++) {
+        const double *q = params + GM_PARAM_COLUMNS * f;
+        int e1 = (int)q[1], e2 = (int)q[2];
+        if (e1 + 1 > T) T = e1 + 1;
+        if ((int)q[0] != 2 && e2 + 1 > T) T = e2 + 1;
     }
-    int iz = (int)zeta;
-    if ((double)iz == zeta && iz >= 1 && iz <= 64) {
-        double r = 1.0, b = base;
-        int n = iz - 1;
-        while (n) { if (n & 1) r *= b; b *= b; n >>= 1; }
-        *dp = zeta * r;      /* base^(zeta-1) * zeta */
-        *p = r * base;
-        return;
+    const size_t F = (size_t)(n_funcs > 0 ? n_funcs : 1);
+    /* Upper bounds of every array (each pair has at most F members, groups, ...). */
+    size_t bytes = 2 * F * sizeof(double) + (T + 1) * sizeof(int) + 2 * F * sizeof(int) +
+                   2 * F * sizeof(double) + (size_t)T * T * sizeof(int) + F * sizeof(pair_plan) + 64;
+    const size_t max_pairs = (size_t)T * (T + 1) / 2 < F ? (size_t)T * (T + 1) / 2 : F;
+    bytes += max_pairs * ((F + 1) * sizeof(int) + 2 * F * sizeof(int) + F * sizeof(group_t) +
+                  3 * F * sizeof(double) + 2 * F * sizeof(int) + 128);
+    char *cur = malloc(bytes);
+    if (!cur) return GM_ENOMEM;
+    pl->block = cur;
+    pl->n_types = T;
+    pl->n_funcs = n_funcs;
+    pl->rc = take(&cur, F * sizeof(double));
+    pl->eta = take(&cur, F * sizeof(double));
+    for (int f = 0; f < n_funcs; f++) find_or_add(pl->rc, &pl->n_rc, params[GM_PARAM_COLUMNS * f + 3]);
+
+    /* G2, bucketed by neighbour element. */
+    pl->r_start = take(&cur, (T + 1) * sizeof(int));
+    pl->r_func = take(&cur, F * sizeof(int));
+    pl->r_ic = take(&cur, F * sizeof(int));
+    pl->r_eta = take(&cur, F * sizeof(double));
+    pl->r_rs = take(&cur, F * sizeof(double));
+    int nr = 0;
+    for (int t = 0; t < T; t++) {
+        pl->r_start[t] = nr;
+        for (int f = 0; f < n_funcs; f++) {
+            const double *q = params + GM_PARAM_COLUMNS * f;
+            if ((int)q[0] != 2 || (int)q[1] != t) continue;
+            pl->r_func[nr] = f;
+            pl->r_ic[nr] = find_or_add(pl->rc, &pl->n_rc, q[3]);
+            pl->r_eta[nr] = q[4];
+            pl->r_rs[nr] = q[5];
+            nr++;
+        }
     }
-    *p = pow(base, zeta);
-    *dp = zeta * (*p) / base;
+    pl->r_start[T] = nr;
+
+    /* Angular functions, by unordered element pair, then by (kind, cutoff, eta). */
+    pl->pair_of = take(&cur, (size_t)T * T * sizeof(int));
+    pl->pairs = take(&cur, F * sizeof(pair_plan));
+    for (int a = 0; a < T * T; a++) pl->pair_of[a] = -1;
+    for (int f = 0; f < n_funcs; f++) {
+        const double *q = params + GM_PARAM_COLUMNS * f;
+        if ((int)q[0] == 2) continue;
+        int e1 = (int)q[1], e2 = (int)q[2];
+        if (e1 < 0 || e2 < 0) continue; /* matches no neighbour */
+        if (pl->pair_of[e1 * T + e2] >= 0) continue;
+        pair_plan *pp = &pl->pairs[pl->n_pairs];
+        memset(pp, 0, sizeof *pp);
+        pl->pair_of[e1 * T + e2] = pl->pair_of[e2 * T + e1] = pl->n_pairs++;
+        pp->gstart = take(&cur, (F + 1) * sizeof(int));
+        pp->func = take(&cur, F * sizeof(int));
+        pp->pw = take(&cur, F * sizeof(int));
+        pp->group = take(&cur, F * sizeof(group_t));
+        pp->zeta = take(&cur, F * sizeof(double));
+        pp->lambda = take(&cur, F * sizeof(double));
+        pp->pref = take(&cur, F * sizeof(double));
+        pp->fc_ic = take(&cur, F * sizeof(int));
+        pp->ec_ie = take(&cur, F * sizeof(int));
+        /* Groups in order of first appearance; members of a group in table order. */
+        for (int g0 = 0; g0 < n_funcs; g0++) {
+            const double *q0 = params + GM_PARAM_COLUMNS * g0;
+            int k0 = (int)q0[0], a0 = (int)q0[1], b0 = (int)q0[2];
+            if (k0 == 2 || !((a0 == e1 && b0 == e2) || (a0 == e2 && b0 == e1))) continue;
+            int seen = 0; /* is (kind, rc, eta) of g0 already a group? */
+            for (int h = 0; h < g0 && !seen; h++) {
+                const double *qh = params + GM_PARAM_COLUMNS * h;
+                int kh = (int)qh[0], ah = (int)qh[1], bh = (int)qh[2];
+                seen = kh == k0 && ((ah == e1 && bh == e2) || (ah == e2 && bh == e1)) &&
+                       qh[3] == q0[3] && qh[4] == q0[4];
+            }
+            if (seen) continue;
+            group_t *g = &pp->group[pp->n_groups];
+            g->kind = k0;
+            g->ic = find_or_add(pl->rc, &pl->n_rc, q0[3]);
+            g->ie = find_or_add(pl->eta, &pl->n_eta, q0[4]);
+            g->fc_slot = g->ec_slot = -1;
+            if (k0 == 4) {
+                for (int s = 0; s < pp->n_fc && g->fc_slot < 0; s++)
+                    if (pp->fc_ic[s] == g->ic) g->fc_slot = s;
+                if (g->fc_slot < 0) { g->fc_slot = pp->n_fc; pp->fc_ic[pp->n_fc++] = g->ic; }
+                for (int s = 0; s < pp->n_ec && g->ec_slot < 0; s++)
+                    if (pp->ec_ie[s] == g->ie) g->ec_slot = s;
+                if (g->ec_slot < 0) { g->ec_slot = pp->n_ec; pp->ec_ie[pp->n_ec++] = g->ie; }
+                if (q0[3] > pp->rmax4) pp->rmax4 = q0[3];
+            } else {
+                pp->has5 = 1;
+            }
+            if (q0[3] > pp->rmax) pp->rmax = q0[3];
+            pp->gstart[pp->n_groups++] = pp->n_members;
+            for (int f2 = g0; f2 < n_funcs; f2++) {
+                const double *q2 = params + GM_PARAM_COLUMNS * f2;
+                int k2 = (int)q2[0], a2 = (int)q2[1], b2 = (int)q2[2];
+                if (k2 != k0 || !((a2 == e1 && b2 == e2) || (a2 == e2 && b2 == e1)) ||
+                    q2[3] != q0[3] || q2[4] != q0[4])
+                    continue;
+                int u = 0;
+                while (u < pp->n_pw && !(pp->zeta[u] == q2[5] && pp->lambda[u] == q2[6])) u++;
+                if (u == pp->n_pw) {
+                    pp->zeta[u] = q2[5];
+                    pp->lambda[u] = q2[6];
+                    pp->pref[u] = pow(2.0, 1.0 - q2[5]);
+                    pp->n_pw++;
+                }
+                pp->func[pp->n_members] = f2;
+                pp->pw[pp->n_members++] = u;
+            }
+        }
+        pp->gstart[pp->n_groups] = pp->n_members;
+        if (pp->n_groups > pl->max_groups) pl->max_groups = pp->n_groups;
+        if (pp->n_pw > pl->max_pw) pl->max_pw = pp->n_pw;
+        if (pp->n_fc > pl->max_fc) pl->max_fc = pp->n_fc;
+        if (pp->n_ec > pl->max_ec) pl->max_ec = pp->n_ec;
+    }
+    return GM_OK;
+}
+
+/* ---- per-thread scratch ---------------------------------------------------- */
+
+typedef struct {
+    int cap;     /* max neighbours of a centre, padded to LANES */
+    /* the centre's neighbours, sorted by element (bucket n_types: no function) */
+    int *order, *type, *tstart;
+    double *x, *y, *z, *r, *ir;
+    double *fc, *dfc, *dfcr, *ea; /* [n_rc][cap] fc, dfc, dfc/r; [n_eta][cap] exp(-eta r^2) */
+    /* Slots: every row j's partners k, compacted, one segment per (j, element of
+     * k) padded to LANES, with what depends on the triplet symmetrically: cos,
+     * fc(R_jk), dfc(R_jk)/R_jk per G4 cutoff, exp(-eta R_jk^2) per G4 eta. */
+    long slot_cap;
+    int *part;                          /* [slot] partner k, -1 for padding */
+    int *seg_s0, *seg_na, *seg_lo, *fill; /* [j * n_types + t]: first slot, partners, of which k < j */
+    double *s_cos, *s_fc, *s_dfc, *s_ec;  /* [slot], [max_fc][slot], [max_fc][slot], [max_ec][slot] */
+    /* one row segment: gathered partner data and per-triplet factors */
+    double *bx, *by, *bz, *irb, *tmp, *fb, *dfbr, *eb, *pw_p, *pw_q, *grp;
+    void *block;
+} work_t;
+
+static int work_alloc(work_t *w, const plan_t *pl, long max_np) {
+    const size_t cap = (size_t)((max_np + LANES - 1) / LANES + 1) * LANES, T = pl->n_types;
+    const size_t nrc = pl->n_rc, neta = pl->n_eta > 0 ? pl->n_eta : 1;
+    const size_t slots = cap * (cap + T * LANES);
+    const size_t n_dbl = cap * (5 + 3 * nrc + neta + 5 + 2 * nrc + neta + 2 * pl->max_pw +
+                                5 * pl->max_groups) +
+                         slots * (1 + 2 * pl->max_fc + pl->max_ec);
+    const size_t n_int = 2 * cap + T + 2 + slots + 4 * cap * T;
+    char *cur = malloc(n_dbl * sizeof(double) + n_int * sizeof(int) + 64 * sizeof(double));
+    if (!cur) return GM_ENOMEM;
+    w->block = cur;
+    w->cap = (int)cap;
+    w->slot_cap = (long)slots;
+    double **d[] = {&w->x, &w->y, &w->z, &w->r, &w->ir, &w->bx, &w->by, &w->bz, &w->irb, &w->tmp};
+    for (size_t a = 0; a < sizeof d / sizeof *d; a++) *d[a] = take(&cur, cap * sizeof(double));
+    w->fc = take(&cur, nrc * cap * sizeof(double));
+    w->dfc = take(&cur, nrc * cap * sizeof(double));
+    w->dfcr = take(&cur, nrc * cap * sizeof(double));
+    w->ea = take(&cur, neta * cap * sizeof(double));
+    w->fb = take(&cur, nrc * cap * sizeof(double));
+    w->dfbr = take(&cur, nrc * cap * sizeof(double));
+    w->eb = take(&cur, neta * cap * sizeof(double));
+    w->pw_p = take(&cur, pl->max_pw * cap * sizeof(double));
+    w->pw_q = take(&cur, pl->max_pw * cap * sizeof(double));
+    w->grp = take(&cur, 5 * pl->max_groups * cap * sizeof(double));
+    w->s_cos = take(&cur, slots * sizeof(double));
+    w->s_fc = take(&cur, pl->max_fc * slots * sizeof(double));
+    w->s_dfc = take(&cur, pl->max_fc * slots * sizeof(double));
+    w->s_ec = take(&cur, pl->max_ec * slots * sizeof(double));
+    w->order = take(&cur, cap * sizeof(int));
+    w->type = take(&cur, cap * sizeof(int));
+    w->tstart = take(&cur, (T + 2) * sizeof(int));
+    w->part = take(&cur, slots * sizeof(int));
+    w->seg_s0 = take(&cur, cap * T * sizeof(int));
+    w->seg_na = take(&cur, cap * T * sizeof(int));
+    w->seg_lo = take(&cur, cap * T * sizeof(int));
+    w->fill = take(&cur, cap * T * sizeof(int));
+    return GM_OK;
+}
+
+/* ---- one centre -------------------------------------------------------------- */
+
+/* Neighbours of centre i into the scratch, sorted by element; per-neighbour
+ * cutoff functions and exponentials. Returns the number of neighbours. */
+static int load_neighbours(int i, const int *types, const long *pair_offset, const int *neighbour,
+                           const double *vectors, const plan_t *pl, work_t *w) {
+    const long p0 = pair_offset[i];
+    const int np = (int)(pair_offset[i + 1] - p0), T = pl->n_types, cap = w->cap;
+    int *ts = w->tstart;
+    for (int t = 0; t <= T + 1; t++) ts[t] = 0;
+    for (int q = 0; q < np; q++) {
+        int t = types[neighbour[p0 + q]];
+        if (t < 0 || t >= T) t = T;
+        ts[t + 1]++;
+    }
+    for (int t = 0; t <= T; t++) ts[t + 1] += ts[t];
+    for (int q = 0; q < np; q++) { /* counting sort, stable */
+        int t = types[neighbour[p0 + q]];
+        if (t < 0 || t >= T) t = T;
+        const int s = ts[t]++;
+        const double *v = vectors + 3 * (p0 + q);
+        w->order[s] = q;
+        w->type[s] = t;
+        w->x[s] = v[0];
+        w->y[s] = v[1];
+        w->z[s] = v[2];
+    }
+    for (int t = T; t > 0; t--) ts[t] = ts[t - 1];
+    ts[0] = 0;
+    double *r2 = w->tmp;
+    for (int q = 0; q < np; q++) {
+        r2[q] = w->x[q] * w->x[q] + w->y[q] * w->y[q] + w->z[q] * w->z[q];
+        w->r[q] = sqrt(r2[q]);
+        w->ir[q] = 1.0 / w->r[q];
+    }
+    for (int c = 0; c < pl->n_rc; c++) {
+        const double rc = pl->rc[c], k2 = (0.5 * M_PI / rc) * (0.5 * M_PI / rc);
+        double *fc = w->fc + c * cap, *dfc = w->dfc + c * cap, *dfcr = w->dfcr + c * cap;
+        for (int q = 0; q < np; q++) {
+            double f, dfr;
+            cutoff_r2(r2[q], rc * rc, k2, &f, &dfr);
+            fc[q] = f;
+            dfcr[q] = dfr;
+            dfc[q] = dfr * w->r[q];
+        }
+    }
+    for (int e = 0; e < pl->n_eta; e++) {
+        const double eta = pl->eta[e];
+        double *ea = w->ea + e * cap;
+        for (int q = 0; q < np; q++) ea[q] = gm_exp(-eta * r2[q]);
+    }
+    return np;
+}
+
+/* G2: each pair q contributes to G and to dG/dR_q = c_q R_q only. */
+static void radial(int np, const plan_t *pl, work_t *w, double *g, double *dg) {
+    const int F = pl->n_funcs, cap = w->cap;
+    double *val = w->bx, *coef = w->by; /* row scratch, free here */
+    for (int t = 0; t < pl->n_types; t++) {
+        const int q0 = w->tstart[t], nq = w->tstart[t + 1] - q0;
+        if (nq == 0) continue;
+        const double *r = w->r + q0, *ir = w->ir + q0;
+        for (int a = pl->r_start[t]; a < pl->r_start[t + 1]; a++) {
+            const int f = pl->r_func[a];
+            const double eta = pl->r_eta[a], rs = pl->r_rs[a];
+            const double *fc = w->fc + pl->r_ic[a] * cap + q0, *dfc = w->dfc + pl->r_ic[a] * cap + q0;
+            for (int q = 0; q < nq; q++) {
+                const double dr = r[q] - rs, e = gm_exp(-eta * dr * dr);
+                val[q] = e * fc[q];
+                coef[q] = (e * dfc[q] - 2.0 * eta * dr * e * fc[q]) * ir[q];
+            }
+            double v = 0.0;
+#pragma omp simd reduction(+ : v)
+            for (int q = 0; q < nq; q++) v += val[q];
+            g[f] += v;
+            if (!dg) continue;
+            for (int q = 0; q < nq; q++) {
+                double *d = dg + ((size_t)w->order[q0 + q] * F + f) * 3;
+                d[0] = coef[q] * w->x[q0 + q];
+                d[1] = coef[q] * w->y[q0 + q];
+                d[2] = coef[q] * w->z[q0 + q];
+            }
+        }
+    }
+    (void)np;
+}
+
+/* Compact every row's partners into slots (see work_t): the triplets that can
+ * contribute, i.e. both pairs within the pair plan's largest cutoff and R_jk
+ * below some G4 cutoff unless there are G5. With derivatives a row gets all
+ * partners k != j, else only k > j. Padding slots have part = -1. */
+static void build_slots(int np, int deriv, const plan_t *pl, work_t *w) {
+    const int T = pl->n_types;
+    double *d2 = w->tmp;
+    int s = 0;
+    for (int j = 0; j < np; j++) {
+        const int tj = w->type[j];
+        const double ax = w->x[j], ay = w->y[j], az = w->z[j];
+        for (int tk = 0; tk < T; tk++) {
+            const int seg = j * T + tk;
+            w->seg_s0[seg] = w->fill[seg] = s;
+            w->seg_na[seg] = w->seg_lo[seg] = 0;
+            const int p = tj < T ? pl->pair_of[tj * T + tk] : -1;
+            if (p < 0) continue;
+            const pair_plan *pp = &pl->pairs[p];
+            if (!(w->r[j] < pp->rmax)) continue;
+            int k0 = w->tstart[tk];
+            const int k1 = w->tstart[tk + 1];
+            if (!deriv && k0 <= j) k0 = j + 1;
+            if (k0 >= k1) continue;
+            const double rmax = pp->rmax, cut4 = pp->rmax4 * pp->rmax4;
+            for (int k = k0; k < k1; k++) {
+                const double dx = w->x[k] - ax, dy = w->y[k] - ay, dz = w->z[k] - az;
+                d2[k - k0] = dx * dx + dy * dy + dz * dz;
+            }
+            int na = 0, lo = 0;
+            int *part = w->part + s;
+            for (int k = k0; k < k1; k++) {
+                const int take_k = (k != j) & (w->r[k] < rmax) & (pp->has5 | (d2[k - k0] < cut4));
+                part[na] = k;
+                na += take_k;
+                lo += take_k & (k < j);
+            }
+            const int nap = (na + LANES - 1) / LANES * LANES;
+            for (int n = na; n < nap; n++) { /* padding: zero triplet factors */
+                part[n] = -1;
+                w->s_cos[s + n] = 0.0;
+                for (int t = 0; t < pp->n_fc; t++)
+                    w->s_fc[t * w->slot_cap + s + n] = w->s_dfc[t * w->slot_cap + s + n] = 0.0;
+                for (int t = 0; t < pp->n_ec; t++) w->s_ec[t * w->slot_cap + s + n] = 0.0;
+            }
+            w->seg_na[seg] = na;
+            w->seg_lo[seg] = lo;
+            s += nap;
+        }
+    }
+}
+
+/* Angular functions of row j (pair vector a = R_ij) with the partners k (b = R_ik)
+ * of one segment (pair plan pp). First the triplets with k > j: their symmetric
+ * factors are computed into this row's slots and, with derivatives, copied to
+ * the slots of row k (rows run in increasing j, so the k < j ones are ready).
+ * Then the per-row sums: values and, with derivatives, this row's whole block
+ * dG/da = sum_k [Ua a + W b]. */
+static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, work_t *w,
+                        double *g, double *dg) {
+    const int cap = w->cap, F = pl->n_funcs, T = pl->n_types, deriv = dg != NULL;
+    const long sc = w->slot_cap, s0 = w->seg_s0[seg];
+    const int na = w->seg_na[seg], lo = w->seg_lo[seg];
+    const int nap = (na + LANES - 1) / LANES * LANES;
+    const int *part = w->part + s0;
+    const double ax = w->x[j], ay = w->y[j], az = w->z[j], ira = w->ir[j];
+
+    /* Gather the partners; padding gets b = 0 and fb = eb = 0, hence zero terms. */
+    const int nrc = pl->n_rc, neta = pl->n_eta;
+    for (int n = 0; n < na; n++) {
+        const int k = part[n];
+        w->bx[n] = w->x[k];
+        w->by[n] = w->y[k];
+        w->bz[n] = w->z[k];
+        w->irb[n] = w->ir[k];
+    }
+    for (int c = 0; c < nrc; c++)
+        for (int n = 0; n < na; n++) {
+            w->fb[c * cap + n] = w->fc[c * cap + part[n]];
+            w->dfbr[c * cap + n] = w->dfcr[c * cap + part[n]];
+        }
+    for (int e = 0; e < neta; e++)
+        for (int n = 0; n < na; n++) w->eb[e * cap + n] = w->ea[e * cap + part[n]];
+    for (int n = na; n < nap; n++) {
+        w->bx[n] = w->by[n] = w->bz[n] = w->irb[n] = 0.0;
+        for (int c = 0; c < nrc; c++) w->fb[c * cap + n] = w->dfbr[c * cap + n] = 0.0;
+        for (int e = 0; e < neta; e++) w->eb[e * cap + n] = 0.0;
+    }
+
+    /* Symmetric factors of the triplets with k > j. */
+    double *cs = w->s_cos + s0;
+    for (int n = lo; n < na; n++) {
+        const double cx = w->bx[n] - ax, cy = w->by[n] - ay, cz = w->bz[n] - az;
+        cs[n] = (ax * w->bx[n] + ay * w->by[n] + az * w->bz[n]) * ira * w->irb[n];
+        w->tmp[n] = cx * cx + cy * cy + cz * cz; /* R_jk^2 */
+    }
+    for (int t = 0; t < pp->n_fc; t++) {
+        const double rc = pl->rc[pp->fc_ic[t]], k2 = (0.5 * M_PI / rc) * (0.5 * M_PI / rc);
+        double *fcjk = w->s_fc + t * sc + s0, *dfcjk = w->s_dfc + t * sc + s0;
+        for (int n = lo; n < na; n++) {
+            double f, dfr;
+            cutoff_r2(w->tmp[n], rc * rc, k2, &f, &dfr);
+            fcjk[n] = f;
+            dfcjk[n] = dfr;
+        }
+    }
+    for (int t = 0; t < pp->n_ec; t++) {
+        const double eta = pl->eta[pp->ec_ie[t]];
+        double *ec = w->s_ec + t * sc + s0;
+        for (int n = lo; n < na; n++) ec[n] = gm_exp(-eta * w->tmp[n]);
+    }
+    if (deriv) { /* the same triplets, seen from row k */
+        const int tj = w->type[j];
+        for (int n = lo; n < na; n++) {
+            const long m = w->fill[part[n] * T + tj]++;
+            w->s_cos[m] = cs[n];
+            for (int t = 0; t < pp->n_fc; t++) {
+                w->s_fc[t * sc + m] = w->s_fc[t * sc + s0 + n];
+                w->s_dfc[t * sc + m] = w->s_dfc[t * sc + s0 + n];
+            }
+            for (int t = 0; t < pp->n_ec; t++) w->s_ec[t * sc + m] = w->s_ec[t * sc + s0 + n];
+        }
+    }
+
+    /* P = 2^(1-zeta) (1 + lambda cos)^zeta and Q = 2^(1-zeta) lambda zeta (1 + lambda cos)^(zeta-1)
+     * per (zeta, lambda); the base is clamped at 0 (it is >= 0 up to round-off). */
+    for (int u = 0; u < pp->n_pw; u++) {
+        const double zeta = pp->zeta[u], lambda = pp->lambda[u], pref = pp->pref[u];
+        double *P = w->pw_p + u * cap, *Q = w->pw_q + u * cap;
+        const int iz = (int)zeta;
+        if ((double)iz == zeta && iz >= 1 && iz <= 64) {
+            /* r = base^(zeta-1) by repeated squaring (the usual small exponents
+             * spelled out, same operations); then P = base r, Q ~ zeta r */
+            switch (iz) {
+            case 1:
+                for (int n = 0; n < nap; n++) P[n] = 1.0;
+                break;
+            case 2:
+                for (int n = 0; n < nap; n++) P[n] = positive_part(1.0 + lambda * cs[n]);
+                break;
+            case 3:
+                for (int n = 0; n < nap; n++) {
+                    const double b = positive_part(1.0 + lambda * cs[n]);
+                    P[n] = b * b;
+                }
+                break;
+            case 4:
+                for (int n = 0; n < nap; n++) {
+                    const double b = positive_part(1.0 + lambda * cs[n]);
+                    P[n] = b * (b * b);
+                }
+                break;
+            default: /* P holds the result, Q the running square */
+                for (int n = 0; n < nap; n++) {
+                    P[n] = 1.0;
+                    Q[n] = positive_part(1.0 + lambda * cs[n]);
+                }
+                for (int e = iz - 1; e; e >>= 1) {
+                    if (e & 1)
+                        for (int n = 0; n < nap; n++) P[n] *= Q[n];
+                    if (e > 1)
+                        for (int n = 0; n < nap; n++) Q[n] *= Q[n];
+                }
+            }
+            for (int n = 0; n < nap; n++) {
+                const double base = positive_part(1.0 + lambda * cs[n]), r = P[n];
+                P[n] = pref * (r * base);
+                Q[n] = pref * lambda * (zeta * r);
+            }
+        } else {
+            for (int n = 0; n < nap; n++) {
+                const double base = 1.0 + lambda * cs[n];
+                const double p = base > 0.0 ? pow(base, zeta) : 0.0;
+                P[n] = pref * p;
+                Q[n] = pref * lambda * (base > 0.0 ? zeta * p / base : 0.0);
+            }
+        }
+    }
+
+    /* Per group: A = E Fp (the term without the angular factor) and, for the
+     * derivatives, Ka = (1/|a|) dA/d|a| and Kw = dA/d(a.b) at fixed cos, and
+     * A cos/|a|^2, A/(|a||b|) (the angular factor's share):
+     *   term = P A;  dterm/da = (P Ka - Q A cos/|a|^2) a + (P Kw + Q A/(|a||b|)) b. */
+    for (int gi = 0; gi < pp->n_groups; gi++) {
+        const group_t *gr = &pp->group[gi];
+        const double eta = pl->eta[gr->ie], ea = w->ea[gr->ie * cap + j];
+        const double fa = w->fc[gr->ic * cap + j], dfar = w->dfcr[gr->ic * cap + j];
+        const double *fb = w->fb + gr->ic * cap, *eb = w->eb + gr->ie * cap;
+        double *A = w->grp + (5 * gi) * cap, *Ka = A + cap, *Kw = A + 2 * cap;
+        double *Aca = A + 3 * cap, *Acw = A + 4 * cap;
+        if (gr->kind == 4) {
+            const double *fcjk = w->s_fc + gr->fc_slot * sc + s0;
+            const double *dfcjk = w->s_dfc + gr->fc_slot * sc + s0;
+            const double *ec = w->s_ec + gr->ec_slot * sc + s0;
+            for (int n = 0; n < nap; n++) {
+                const double f2 = fa * fb[n], fp = f2 * fcjk[n];
+                const double e = ea * eb[n] * ec[n];
+                A[n] = e * fp;
+                if (!deriv) continue;
+                Ka[n] = e * (-4.0 * eta * fp + dfar * fb[n] * fcjk[n] + f2 * dfcjk[n]);
+                Kw[n] = e * (2.0 * eta * fp - f2 * dfcjk[n]);
+            }
+        } else {
+            for (int n = 0; n < nap; n++) {
+                const double f2 = fa * fb[n], e = ea * eb[n];
+                A[n] = e * f2;
+                if (!deriv) continue;
+                Ka[n] = e * (-2.0 * eta * f2 + dfar * fb[n]);
+                Kw[n] = 0.0;
+            }
+        }
+        if (deriv)
+            for (int n = 0; n < nap; n++) {
+                Aca[n] = A[n] * (cs[n] * ira * ira);
+                Acw[n] = A[n] * (ira * w->irb[n]);
+            }
+    }
+
+    /* Members: reductions over the partners. Values: sum P A; derivatives of
+     * this row: Ua = sum (P Ka - Q A cos/|a|^2), Wb = sum (P Kw + Q A/(|a||b|)) b. */
+    const double half = deriv ? 0.5 : 1.0; /* ordered pairs count each triplet twice */
+    const double *bx = w->bx, *by = w->by, *bz = w->bz;
+    for (int gi = 0; gi < pp->n_groups; gi++) {
+        const double *A = w->grp + (5 * gi) * cap, *Ka = A + cap, *Kw = A + 2 * cap;
+        const double *Aca = A + 3 * cap, *Acw = A + 4 * cap;
+        for (int m = pp->gstart[gi]; m < pp->gstart[gi + 1]; m++) {
+            const int f = pp->func[m];
+            const double *P = w->pw_p + pp->pw[m] * cap, *Q = w->pw_q + pp->pw[m] * cap;
+            double v = 0.0, ua = 0.0, dx = 0.0, dy = 0.0, dz = 0.0;
+            if (!deriv) {
+#pragma omp simd reduction(+ : v)
+                for (int n = 0; n < nap; n++) v += P[n] * A[n];
+                g[f] += v;
+                continue;
+            }
+#pragma omp simd reduction(+ : v, ua, dx, dy, dz)
+            for (int n = 0; n < nap; n++) {
+                const double wb = P[n] * Kw[n] + Q[n] * Acw[n];
+                v += P[n] * A[n];
+                ua += P[n] * Ka[n] - Q[n] * Aca[n];
+                dx += wb * bx[n];
+                dy += wb * by[n];
+                dz += wb * bz[n];
+            }
+            g[f] += half * v;
+            double *d = dg + ((size_t)w->order[j] * F + f) * 3;
+            d[0] += ua * ax + dx;
+            d[1] += ua * ay + dy;
+            d[2] += ua * az + dz;
+        }
+    }
+}
+
+static void one_centre(int i, const int *types, const long *pair_offset, const int *neighbour,
+                       const double *vectors, const plan_t *pl, work_t *w, double *g, double *dg) {
+    const int F = pl->n_funcs, T = pl->n_types;
+    const int np = load_neighbours(i, types, pair_offset, neighbour, vectors, pl, w);
+    for (int f = 0; f < F; f++) g[f] = 0.0;
+    if (dg) memset(dg, 0, sizeof(double) * (size_t)np * F * 3);
+    radial(np, pl, w, g, dg);
+    if (pl->n_pairs == 0) return;
+    build_slots(np, dg != NULL, pl, w);
+    for (int j = 0; j < np; j++)
+        for (int tk = 0; tk < T; tk++) {
+            const int seg = j * T + tk;
+            if (w->seg_na[seg] > 0)
+                row_segment(j, seg, &pl->pairs[pl->pair_of[w->type[j] * T + tk]], pl, w, g, dg);
+        }
 }
 
 static int check_params(int n_funcs, const double *params) {
@@ -68,110 +742,6 @@ static int check_params(int n_funcs, const double *params) {
     return GM_OK;
 }
 
-static void one_centre(int i, const int *types, const long *pair_offset,
-                       const int *neighbour, const double *vectors, int n_funcs,
-                       const double *params, const double *pref_table,
-                       double *g, double *dg) {
-    const long p0 = pair_offset[i], np = pair_offset[i + 1] - p0;
-    for (int f = 0; f < n_funcs; f++) g[f] = 0.0;
-    if (dg)
-        for (long a = 0; a < np * n_funcs * 3; a++) dg[a] = 0.0;
-
-    int has_angular = 0;
-    /* Radial part. */
-    for (long q = 0; q < np; q++) {
-        const double *v = vectors + 3 * (p0 + q);
-        const int tj = types[neighbour[p0 + q]];
-        const double r = sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
-        double rc_cached = -1.0, fc = 0.0, dfc = 0.0;
-        for (int f = 0; f < n_funcs; f++) {
-            const double *pf = params + GM_PARAM_COLUMNS * f;
-            if ((int)pf[0] != 2) { has_angular = 1; continue; }
-            if ((int)pf[1] != tj) continue;
-            if (pf[3] != rc_cached) { rc_cached = pf[3]; cutoff_fn(r, rc_cached, &fc, &dfc); }
-            if (fc == 0.0) continue;
-            const double eta = pf[4], dr = r - pf[5];
-            const double e = exp(-eta * dr * dr);
-            g[f] += e * fc;
-            if (dg) {
-                const double s = (e * dfc - 2.0 * eta * dr * e * fc) / r;
-                double *d = dg + (q * n_funcs + f) * 3;
-                d[0] += s * v[0]; d[1] += s * v[1]; d[2] += s * v[2];
-            }
-        }
-    }
-    if (!has_angular) return;
-
-    /* Angular part: every unordered pair of neighbour entries (j<k). */
-    for (long qj = 0; qj < np; qj++) {
-        const double *a = vectors + 3 * (p0 + qj);
-        const int tj = types[neighbour[p0 + qj]];
-        const double ra2 = a[0] * a[0] + a[1] * a[1] + a[2] * a[2];
-        const double ra = sqrt(ra2);
-        for (long qk = qj + 1; qk < np; qk++) {
-            const double *b = vectors + 3 * (p0 + qk);
-            const int tk = types[neighbour[p0 + qk]];
-            const double rb2 = b[0] * b[0] + b[1] * b[1] + b[2] * b[2];
-            const double rb = sqrt(rb2);
-            const double c[3] = {b[0] - a[0], b[1] - a[1], b[2] - a[2]};
-            const double rcc2 = c[0] * c[0] + c[1] * c[1] + c[2] * c[2];
-            const double rcc = sqrt(rcc2);
-            const double inv_ab = 1.0 / (ra * rb);
-            const double cost = (a[0] * b[0] + a[1] * b[1] + a[2] * b[2]) * inv_ab;
-            double dcos_a[3], dcos_b[3];
-            for (int k = 0; k < 3; k++) {
-                dcos_a[k] = b[k] * inv_ab - cost * a[k] / ra2;
-                dcos_b[k] = a[k] * inv_ab - cost * b[k] / rb2;
-            }
-            double rc_cached = -1.0, fa = 0, dfa = 0, fb = 0, dfb = 0, fcj = 0, dfcj = 0;
-            double eta_cached = -1.0, e4 = 0.0, e5 = 0.0;
-            for (int f = 0; f < n_funcs; f++) {
-                const double *pf = params + GM_PARAM_COLUMNS * f;
-                const int kind = (int)pf[0];
-                if (kind == 2) continue;
-                const int e1 = (int)pf[1], e2 = (int)pf[2];
-                if (!((tj == e1 && tk == e2) || (tj == e2 && tk == e1))) continue;
-                if (pf[3] != rc_cached) {
-                    rc_cached = pf[3];
-                    cutoff_fn(ra, rc_cached, &fa, &dfa);
-                    cutoff_fn(rb, rc_cached, &fb, &dfb);
-                    cutoff_fn(rcc, rc_cached, &fcj, &dfcj);
-                }
-                if (fa == 0.0 || fb == 0.0) continue;
-                if (kind == 4 && fcj == 0.0) continue;
-                const double eta = pf[4], zeta = pf[5], lambda = pf[6];
-                if (eta != eta_cached) {
-                    eta_cached = eta;
-                    e5 = exp(-eta * (ra2 + rb2));
-                    e4 = e5 * exp(-eta * rcc2);
-                }
-                double pz, dpz;
-                power(1.0 + lambda * cost, zeta, &pz, &dpz);
-                const double pref = pref_table[f];
-                const double e = (kind == 4) ? e4 : e5;
-                const double fjk = (kind == 4) ? fcj : 1.0;
-                const double fprod = fa * fb * fjk;
-                g[f] += pref * pz * e * fprod;
-                if (!dg) continue;
-                /* d/da and d/db of pref * P^zeta * E * F, with c = b - a. */
-                const double t_cos = pref * dpz * lambda * e * fprod;
-                const double t_exp = -2.0 * eta * pref * pz * e * fprod;
-                const double t_pe = pref * pz * e;
-                const double sa = t_pe * dfa * fb * fjk / ra;
-                const double sb = t_pe * fa * dfb * fjk / rb;
-                const double sc = (kind == 4) ? t_pe * fa * fb * dfcj / rcc : 0.0;
-                const double xc = (kind == 4) ? 1.0 : 0.0;
-                double *da = dg + (qj * n_funcs + f) * 3;
-                double *db = dg + (qk * n_funcs + f) * 3;
-                for (int k = 0; k < 3; k++) {
-                    da[k] += t_cos * dcos_a[k] + t_exp * (a[k] - xc * c[k]) + sa * a[k] - sc * c[k];
-                    db[k] += t_cos * dcos_b[k] + t_exp * (b[k] + xc * c[k]) + sb * b[k] + sc * c[k];
-                }
-            }
-        }
-    }
-}
-
 int gm_symmetry_functions(int n_centres, const int *centres, const int *types,
                           const long *pair_offset, const int *neighbour,
                           const double *vectors, int n_funcs,
@@ -181,17 +751,32 @@ int gm_symmetry_functions(int n_centres, const int *centres, const int *types,
     int status = check_params(n_funcs, params);
     if (status != GM_OK) return status;
     if (derivatives && !deriv_start) return GM_EINVAL;
-    /* 2^(1 - zeta) once per function, not once per triplet. */
-    double *pref_table = malloc(sizeof(double) * (size_t)(n_funcs > 0 ? n_funcs : 1));
-    if (!pref_table) return GM_ENOMEM;
-    for (int f = 0; f < n_funcs; f++)
-        pref_table[f] = pow(2.0, 1.0 - params[GM_PARAM_COLUMNS * f + 5]);
-#pragma omp parallel for schedule(dynamic, 4)
+    if (n_centres == 0) return GM_OK;
+    plan_t plan;
+    status = build_plan(n_funcs, params, &plan);
+    if (status != GM_OK) return status;
+    long max_np = 0;
     for (int c = 0; c < n_centres; c++) {
-        double *dg = derivatives ? derivatives + deriv_start[c] * n_funcs * 3 : NULL;
-        one_centre(centres[c], types, pair_offset, neighbour, vectors, n_funcs,
-                   params, pref_table, values + (size_t)c * n_funcs, dg);
+        const long np = pair_offset[centres[c] + 1] - pair_offset[centres[c]];
+        if (np > max_np) max_np = np;
     }
-    free(pref_table);
-    return GM_OK;
+#pragma omp parallel
+    {
+        work_t w;
+        const int ok = work_alloc(&w, &plan, max_np) == GM_OK;
+        if (!ok) {
+#pragma omp atomic write
+            status = GM_ENOMEM;
+        }
+#pragma omp for schedule(dynamic, 4)
+        for (int c = 0; c < n_centres; c++) {
+            if (!ok) continue; /* every thread must reach the loop; the call fails */
+            double *dg = derivatives ? derivatives + deriv_start[c] * n_funcs * 3 : NULL;
+            one_centre(centres[c], types, pair_offset, neighbour, vectors, &plan, &w,
+                       values + (size_t)c * n_funcs, dg);
+        }
+        if (ok) free(w.block);
+    }
+    free(plan.block);
+    return status;
 }
