@@ -38,17 +38,17 @@ def test_run_pt111_h_both_variants_and_analysis(tmp_path):
         frames = read(out / variant / "frames.extxyz", ":")
         assert [f.info["step"] for f in frames] == list(range(41))
     gm = read(out / "gmetad" / "frames.extxyz", ":")
-    # stride 10: deposits at steps 10, 20, 30, 40 (n_hills counts after the step)
-    assert gm[-1].info["n_hills"] == 4 and gm[10].info["n_hills"] == 1 and gm[9].info["n_hills"] == 0
+    # stride 5: deposits at steps 5, 10, ..., 40 (n_hills counts after the step)
+    assert gm[-1].info["n_hills"] == 8 and gm[5].info["n_hills"] == 1 and gm[4].info["n_hills"] == 0
     plain = read(out / "plain" / "frames.extxyz", ":")
     assert all(f.info["n_hills"] == 0 for f in plain)
     # both runs start from the same state with the same seed: identical until the first hill acts
-    np.testing.assert_allclose(gm[5].positions, plain[5].positions, atol=1e-6)
+    np.testing.assert_allclose(gm[4].positions, plain[4].positions, atol=1e-6)
     summary = (out / "sites.txt").read_text()
     assert "G-metaD" in summary and "plain MD" in summary
     assert (out / "sites.png").stat().st_size > 1000
     hills = gmetad("hills", str(out / "gmetad" / "HILLS"))
-    assert hills.returncode == 0 and "H: 4 hills in D = 70" in hills.stdout
+    assert hills.returncode == 0 and "H: 8 hills in D = 70" in hills.stdout
 
 
 def test_run_reports_a_dead_driver(tmp_path):
