@@ -9,24 +9,29 @@
  * j < k runs over neighbour-list entries, so periodic images of one atom are
  * distinct neighbours, as the physical sums require. See gmetad.h.
  *
- * How it is made fast (the angular sum is O(neighbours^2) per centre):
+ * How it is made fast (the angular sum is O(neighbours^2) per centre; timings
+ * in benchmarks/README.md):
  *  - per centre, every neighbour's fc, dfc and exp(-eta R^2) are computed once
  *    per unique cutoff / eta, not once per triplet;
  *  - the angular functions of each neighbour-element pair are grouped by
- *    (kind, cutoff, eta); per triplet each unique exp(-eta R_jk^2), fc(R_jk) and
+ *    (kind, cutoff, eta): per triplet each unique exp(-eta R_jk^2), fc(R_jk) and
  *    (1 + lambda cos)^zeta is evaluated once and shared by the group members;
- *  - for a neighbour j ("row"), the partners k are compacted to the triplets that
- *    can contribute (R_jk < every G4 cutoff is skipped when there is no G5), then
- *    everything is computed in loops over that list that the compiler vectorises:
- *    exp and cos/sin are inline polynomials (no libm calls in the hot loops) and
- *    sums use LANES explicit partial sums (no -ffast-math needed);
+ *  - all partners of a neighbour j ("row") are first compacted to the triplets
+ *    that can contribute (when there is no G5, R_jk >= every G4 cutoff gives 0:
+ *    about half of them), into "slots" (see work_t);
+ *  - what depends on a triplet symmetrically (cos, R_jk^2 terms) is computed
+ *    once, by the row j < k, and copied into row k's slot;
  *  - G depends on the pair vectors a = R_ij, b = R_ik only through |a|, |b| and
- *    a.b, so dG/da = Ua a + W b with two scalars. With derivatives, each row sums
- *    its own Ua and W b over all partners k (ordered pairs: every triplet is seen
- *    from both j and k), so no partner's accumulator is ever written and the
- *    inner loops are pure reductions; values are then halved. Without
- *    derivatives only k > j is visited.
- * Scratch is malloc'ed once per thread; there is no global state. */
+ *    a.b, so dG/da = Ua a + W b with two scalars. With derivatives each row
+ *    visits all its partners (each triplet from both ends) and sums its own Ua
+ *    and W b, so no other row's accumulator is written and the innermost loops
+ *    are pure reductions (values are then halved); without, only k > j;
+ *  - everything runs in loops over a row's slots that the compiler vectorises at
+ *    plain -O3 (no -ffast-math): exp and cos/sin are inline branch-free
+ *    polynomials, selects are bit masks, and reductions use "omp simd".
+ * Results equal a direct evaluation up to round-off (about 1e-14 relative).
+ * Scratch is malloc'ed once per call and thread, O(max neighbours^2) doubles
+ * (0.15 MB for 46 neighbours and the default set); there is no global state. */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -39,7 +44,8 @@
 #include <omp.h>
 #endif
 
-/* Partial sums per reduction; row arrays are padded to a multiple of it. */
+/* Each row segment of slots is padded to a multiple of LANES (padding contributes
+ * exactly zero), so vector loops over it need no scalar remainder. */
 #ifndef LANES
 #define LANES 2
 #endif
@@ -73,31 +79,43 @@ static inline double at_least(double x, double lo) {
 /* 2^n from t = 1.5 * 2^52 + n (|n| < 1023): n goes into 1.0's exponent field */
 static inline double pow2_from_shifted(double t) { return from_bits(bits(1.0) + (bits(t) << 52)); }
 
-/* exp(x): x = n ln2 + r with |r| <= ln2/2 (Cody-Waite), Taylor polynomial to
- * r^13 (truncation < 5e-18 relative), times 2^n applied as two factors so that
- * subnormal results round once and x < -1400 gives 0. Checked against libm over
+/* 2^(j/32), j = 0..31, correctly rounded. */
+static const double exp2_32[32] = {
+    1.0, 1.0218971486541166, 1.0442737824274138,
+    1.0671404006768237, 1.0905077326652577, 1.1143867425958924,
+    1.1387886347566916, 1.1637248587775775, 1.189207115002721,
+    1.215247359980469, 1.241857812073484, 1.2690509571917332,
+    1.2968395546510096, 1.3252366431597413, 1.3542555469368927,
+    1.383909881963832, 1.4142135623730951, 1.4451808069770467,
+    1.4768261459394993, 1.5091644275934228, 1.5422108254079407,
+    1.5759808451078865, 1.6104903319492543, 1.645755478153965,
+    1.681792830507429, 1.718619298122478, 1.7562521603732995,
+    1.7947090750031072, 1.8340080864093424, 1.8741676341103,
+    1.9152065613971474, 1.9571441241754002
+};
+
+/* exp(x) without a libm call: x = (32 k + j) ln2/32 + r with |r| <= ln2/64
+ * (Cody-Waite), exp(x) = 2^k 2^(j/32) e^r, e^r - 1 by its Taylor polynomial to
+ * r^6 (truncation < 4e-18), 2^k applied as two factors so that subnormal
+ * results round once and x < -1400 gives 0. Checked against libm over
  * [-800, 0]: within 1 ulp, and within one subnormal unit below 2.2e-308. */
 static inline double gm_exp(double x) {
     const double shifter = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to integer */
     const double xc = at_least(x, -1400.0);
-    const double t = xc * 1.4426950408889634 + shifter, n = t - shifter;
-    const double t1 = n * 0.5 + shifter, n1 = t1 - shifter, t2 = (n - n1) + shifter;
-    const double r = (xc - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
+    const double t = xc * (32.0 * 1.4426950408889634) + shifter, n = t - shifter;
+    const double r = (xc - n * (6.93147180369123816490e-01 / 32.0)) -
+                     n * (1.90821492927058770002e-10 / 32.0);
+    const double tab = exp2_32[bits(t) & 31];  /* j = n mod 32: t's low bits hold n */
+    const double k = ((n - 15.5) * (1.0 / 32.0) + shifter) - shifter; /* floor(n / 32) */
+    const double t1 = k * 0.5 + shifter, k2 = k - (t1 - shifter);
+    double p = 1.0 / 720.0;
     p = p * r + 1.0 / 120.0;
     p = p * r + 1.0 / 24.0;
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
     p = p * r + 1.0;
-    p = p * r + 1.0;
-    return p * pow2_from_shifted(t1) * pow2_from_shifted(t2);
+    p = p * r;
+    return (tab + tab * p) * pow2_from_shifted(t1) * pow2_from_shifted(k2 + shifter);
 }
 
 /* Cutoff function from R^2 (no sqrt, no division): with h = pi R / (2 Rc),
@@ -326,7 +344,8 @@ typedef struct {
      * fc(R_jk), dfc(R_jk)/R_jk per G4 cutoff, exp(-eta R_jk^2) per G4 eta. */
     long slot_cap;
     int *part;                          /* [slot] partner k, -1 for padding */
-    int *seg_s0, *seg_na, *seg_lo, *fill; /* [j * n_types + t]: first slot, partners, of which k < j */
+    /* [j * n_types + t]: first slot, number of partners, of which k < j, next k < j slot to fill */
+    int *seg_s0, *seg_na, *seg_lo, *fill;
     double *s_cos, *s_fc, *s_dfc, *s_ec;  /* [slot], [max_fc][slot], [max_fc][slot], [max_ec][slot] */
     /* one row segment: gathered partner data and per-triplet factors */
     double *bx, *by, *bz, *irb, *tmp, *fb, *dfbr, *eb, *pw_p, *pw_q, *grp;
@@ -442,7 +461,7 @@ static void radial(int np, const plan_t *pl, work_t *w, double *g, double *dg) {
             for (int q = 0; q < nq; q++) {
                 const double dr = r[q] - rs, e = gm_exp(-eta * dr * dr);
                 val[q] = e * fc[q];
-                coef[q] = (e * dfc[q] - 2.0 * eta * dr * e * fc[q]) * ir[q];
+                coef[q] = (e * dfc[q] - 2.0 * eta * dr * val[q]) * ir[q];
             }
             double v = 0.0;
 #pragma omp simd reduction(+ : v)
@@ -584,58 +603,45 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
     }
 
     /* P = 2^(1-zeta) (1 + lambda cos)^zeta and Q = 2^(1-zeta) lambda zeta (1 + lambda cos)^(zeta-1)
-     * per (zeta, lambda); the base is clamped at 0 (it is >= 0 up to round-off). */
+     * per (zeta, lambda); the base is clamped at 0 (it is >= 0 up to round-off).
+     * Integer zeta: base^(zeta-1) by repeated squaring, small exponents spelled out. */
     for (int u = 0; u < pp->n_pw; u++) {
         const double zeta = pp->zeta[u], lambda = pp->lambda[u], pref = pp->pref[u];
+        const double qf = pref * lambda * zeta;
         double *P = w->pw_p + u * cap, *Q = w->pw_q + u * cap;
         const int iz = (int)zeta;
-        if ((double)iz == zeta && iz >= 1 && iz <= 64) {
-            /* r = base^(zeta-1) by repeated squaring (the usual small exponents
-             * spelled out, same operations); then P = base r, Q ~ zeta r */
-            switch (iz) {
-            case 1:
-                for (int n = 0; n < nap; n++) P[n] = 1.0;
-                break;
-            case 2:
-                for (int n = 0; n < nap; n++) P[n] = positive_part(1.0 + lambda * cs[n]);
-                break;
-            case 3:
-                for (int n = 0; n < nap; n++) {
-                    const double b = positive_part(1.0 + lambda * cs[n]);
-                    P[n] = b * b;
-                }
-                break;
-            case 4:
-                for (int n = 0; n < nap; n++) {
-                    const double b = positive_part(1.0 + lambda * cs[n]);
-                    P[n] = b * (b * b);
-                }
-                break;
-            default: /* P holds the result, Q the running square */
-                for (int n = 0; n < nap; n++) {
-                    P[n] = 1.0;
-                    Q[n] = positive_part(1.0 + lambda * cs[n]);
-                }
-                for (int e = iz - 1; e; e >>= 1) {
-                    if (e & 1)
-                        for (int n = 0; n < nap; n++) P[n] *= Q[n];
-                    if (e > 1)
-                        for (int n = 0; n < nap; n++) Q[n] *= Q[n];
-                }
-            }
-            for (int n = 0; n < nap; n++) {
-                const double base = positive_part(1.0 + lambda * cs[n]), r = P[n];
-                P[n] = pref * (r * base);
-                Q[n] = pref * lambda * (zeta * r);
-            }
-        } else {
+        if ((double)iz != zeta || iz < 1 || iz > 64) {
             for (int n = 0; n < nap; n++) {
                 const double base = 1.0 + lambda * cs[n];
                 const double p = base > 0.0 ? pow(base, zeta) : 0.0;
                 P[n] = pref * p;
-                Q[n] = pref * lambda * (base > 0.0 ? zeta * p / base : 0.0);
+                Q[n] = base > 0.0 ? qf * (p / base) : 0.0;
+            }
+            continue;
+        }
+#define POWERS(R) /* R: base^(zeta-1) from b */                           \
+    for (int n = 0; n < nap; n++) {                                       \
+        const double b = positive_part(1.0 + lambda * cs[n]), r = (R);    \
+        P[n] = pref * (r * b);                                            \
+        Q[n] = qf * r;                                                    \
+    }
+        switch (iz) {
+        case 1: POWERS(1.0) break;
+        case 2: POWERS(b) break;
+        case 3: POWERS(b * b) break;
+        case 4: POWERS(b * (b * b)) break;
+        default:
+            for (int n = 0; n < nap; n++) {
+                double r = 1.0, sq = positive_part(1.0 + lambda * cs[n]);
+                for (int e = iz - 1; e; e >>= 1) {
+                    if (e & 1) r *= sq;
+                    sq *= sq;
+                }
+                P[n] = pref * (r * positive_part(1.0 + lambda * cs[n]));
+                Q[n] = qf * r;
             }
         }
+#undef POWERS
     }
 
     /* Per group: A = E Fp (the term without the angular factor) and, for the
@@ -653,28 +659,31 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
             const double *fcjk = w->s_fc + gr->fc_slot * sc + s0;
             const double *dfcjk = w->s_dfc + gr->fc_slot * sc + s0;
             const double *ec = w->s_ec + gr->ec_slot * sc + s0;
-            for (int n = 0; n < nap; n++) {
-                const double f2 = fa * fb[n], fp = f2 * fcjk[n];
-                const double e = ea * eb[n] * ec[n];
-                A[n] = e * fp;
-                if (!deriv) continue;
-                Ka[n] = e * (-4.0 * eta * fp + dfar * fb[n] * fcjk[n] + f2 * dfcjk[n]);
-                Kw[n] = e * (2.0 * eta * fp - f2 * dfcjk[n]);
-            }
+            if (!deriv)
+                for (int n = 0; n < nap; n++) A[n] = (ea * eb[n] * ec[n]) * (fa * fb[n] * fcjk[n]);
+            else
+                for (int n = 0; n < nap; n++) {
+                    const double f2 = fa * fb[n], fp = f2 * fcjk[n];
+                    const double e = ea * eb[n] * ec[n], an = e * fp;
+                    A[n] = an;
+                    Ka[n] = e * (-4.0 * eta * fp + dfar * fb[n] * fcjk[n] + f2 * dfcjk[n]);
+                    Kw[n] = e * (2.0 * eta * fp - f2 * dfcjk[n]);
+                    Aca[n] = an * (cs[n] * ira * ira);
+                    Acw[n] = an * (ira * w->irb[n]);
+                }
         } else {
-            for (int n = 0; n < nap; n++) {
-                const double f2 = fa * fb[n], e = ea * eb[n];
-                A[n] = e * f2;
-                if (!deriv) continue;
-                Ka[n] = e * (-2.0 * eta * f2 + dfar * fb[n]);
-                Kw[n] = 0.0;
-            }
+            if (!deriv)
+                for (int n = 0; n < nap; n++) A[n] = (ea * eb[n]) * (fa * fb[n]);
+            else
+                for (int n = 0; n < nap; n++) {
+                    const double f2 = fa * fb[n], e = ea * eb[n], an = e * f2;
+                    A[n] = an;
+                    Ka[n] = e * (-2.0 * eta * f2 + dfar * fb[n]);
+                    Kw[n] = 0.0;
+                    Aca[n] = an * (cs[n] * ira * ira);
+                    Acw[n] = an * (ira * w->irb[n]);
+                }
         }
-        if (deriv)
-            for (int n = 0; n < nap; n++) {
-                Aca[n] = A[n] * (cs[n] * ira * ira);
-                Acw[n] = A[n] * (ira * w->irb[n]);
-            }
     }
 
     /* Members: reductions over the partners. Values: sum P A; derivatives of
