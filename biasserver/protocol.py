@@ -725,7 +725,18 @@ def _peer_name(sock: socket.socket) -> str:
         return "peer"
     if isinstance(peer, tuple):
         return f"{peer[0]}:{peer[1]}"
-    return str(peer) or "unix peer"
+    if peer:
+        return str(peer)
+    # an unbound unix client has no address: name it by its process (Linux)
+    if sock.family == socket.AF_UNIX and hasattr(socket, "SO_PEERCRED"):
+        try:
+            pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             struct.calcsize("3i")))
+        except OSError:
+            pid = 0
+        if pid > 0:
+            return f"unix peer pid {pid}"
+    return "unix peer"
 
 
 # --------------------------------------------------------------------------- #
