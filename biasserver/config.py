@@ -26,7 +26,8 @@ to the YAML file)::
       ipi: unix:gmetad             # i-PI's socket (as <ffsocket> <address>)
       listen: unix:gmetad-ref      # proxy: where force clients connect
       allow_remote: false          # true to listen on a non-loopback address
-      timeout: 600                 # s to wait for a reference result
+      timeout: null                # s to wait for a reference result (null: forever,
+                                   # as i-PI; a dead client is noticed at once anyway)
     recorder:
       path: frames.extxyz          # null: no recording
       fsync: true
@@ -78,7 +79,7 @@ class ServerSettings:
     ipi: str = "unix:gmetad"
     listen: str = "unix:gmetad-ref"
     allow_remote: bool = False
-    timeout: float = 600.0
+    timeout: float | None = None
 
 
 @dataclass
