@@ -71,10 +71,14 @@ static inline uint64_t sign_mask(double d) { return (uint64_t)0 - (bits(d) >> 63
 static inline double where_negative(double d, double v) { return from_bits(bits(v) & sign_mask(d)); }
 /* max(x, 0) */
 static inline double positive_part(double x) { return where_negative(-x, x); }
-/* max(x, lo) */
+/* max(x, lo) and min(x, hi) */
 static inline double at_least(double x, double lo) {
     const uint64_t m = sign_mask(x - lo);
     return from_bits((bits(lo) & m) | (bits(x) & ~m));
+}
+static inline double at_most(double x, double hi) {
+    const uint64_t m = sign_mask(hi - x);
+    return from_bits((bits(hi) & m) | (bits(x) & ~m));
 }
 /* 2^n from t = 1.5 * 2^52 + n (|n| < 1023): n goes into 1.0's exponent field */
 static inline double pow2_from_shifted(double t) { return from_bits(bits(1.0) + (bits(t) << 52)); }
@@ -97,17 +101,17 @@ static const double exp2_32[32] = {
 /* exp(x) without a libm call: x = (32 k + j) ln2/32 + r with |r| <= ln2/64
  * (Cody-Waite), exp(x) = 2^k 2^(j/32) e^r, e^r - 1 by its Taylor polynomial to
  * r^6 (truncation < 4e-18), 2^k applied as two factors so that subnormal
- * results round once and x < -1400 gives 0. Checked against libm over
- * [-800, 0]: within 1 ulp, and within one subnormal unit below 2.2e-308. */
-static inline double gm_exp(double x) {
+ * results round once, x < -1400 gives 0 and x > 710 gives inf. Checked against
+ * libm over [-800, 0]: within 1 ulp, and within one subnormal unit below
+ * 2.2e-308. safe = 1 skips the clamps and the split for -708 <= x <= 0. */
+static inline double exp_core(double x, int safe) {
     const double shifter = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to integer */
-    const double xc = at_least(x, -1400.0);
+    const double xc = safe ? x : at_most(at_least(x, -1400.0), 710.0);
     const double t = xc * (32.0 * 1.4426950408889634) + shifter, n = t - shifter;
     const double r = (xc - n * (6.93147180369123816490e-01 / 32.0)) -
                      n * (1.90821492927058770002e-10 / 32.0);
     const double tab = exp2_32[bits(t) & 31];  /* j = n mod 32: t's low bits hold n */
     const double k = ((n - 15.5) * (1.0 / 32.0) + shifter) - shifter; /* floor(n / 32) */
-    const double t1 = k * 0.5 + shifter, k2 = k - (t1 - shifter);
     double p = 1.0 / 720.0;
     p = p * r + 1.0 / 120.0;
     p = p * r + 1.0 / 24.0;
@@ -115,8 +119,14 @@ static inline double gm_exp(double x) {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r;
+    if (safe) /* 2^k is a normal number */
+        return (tab + tab * p) * pow2_from_shifted(k + shifter);
+    const double t1 = k * 0.5 + shifter, k2 = k - (t1 - shifter);
     return (tab + tab * p) * pow2_from_shifted(t1) * pow2_from_shifted(k2 + shifter);
 }
+static inline double gm_exp(double x) { return exp_core(x, 0); }
+/* the same for -708 <= x <= 0, where the result is normal (a few operations fewer) */
+static inline double gm_exp_normal(double x) { return exp_core(x, 1); }
 
 /* Cutoff function from R^2 (no sqrt, no division): with h = pi R / (2 Rc),
  *   fc = 0.5 (cos(2h) + 1) = cos^2 h,
@@ -335,6 +345,7 @@ static int build_plan(int n_funcs, const double *params, plan_t *pl) {
 
 typedef struct {
     int cap;     /* max neighbours of a centre, padded to LANES */
+    double max_r2; /* largest R^2 of the centre's neighbours */
     /* the centre's neighbours, sorted by element (bucket n_types: no function) */
     int *order, *type, *tstart;
     double *x, *y, *z, *r, *ir;
@@ -422,10 +433,12 @@ static int load_neighbours(int i, const int *types, const long *pair_offset, con
     for (int t = T; t > 0; t--) ts[t] = ts[t - 1];
     ts[0] = 0;
     double *r2 = w->tmp;
+    w->max_r2 = 0.0;
     for (int q = 0; q < np; q++) {
         r2[q] = w->x[q] * w->x[q] + w->y[q] * w->y[q] + w->z[q] * w->z[q];
         w->r[q] = sqrt(r2[q]);
         w->ir[q] = 1.0 / w->r[q];
+        if (r2[q] > w->max_r2) w->max_r2 = r2[q];
     }
     for (int c = 0; c < pl->n_rc; c++) {
         const double rc = pl->rc[c], k2 = (0.5 * M_PI / rc) * (0.5 * M_PI / rc);
@@ -441,7 +454,11 @@ static int load_neighbours(int i, const int *types, const long *pair_offset, con
     for (int e = 0; e < pl->n_eta; e++) {
         const double eta = pl->eta[e];
         double *ea = w->ea + e * cap;
-        for (int q = 0; q < np; q++) ea[q] = gm_exp(-eta * r2[q]);
+        const int safe = eta >= 0.0 && eta * w->max_r2 <= 700.0; /* normal results */
+        if (safe)
+            for (int q = 0; q < np; q++) ea[q] = gm_exp_normal(-eta * r2[q]);
+        else
+            for (int q = 0; q < np; q++) ea[q] = gm_exp(-eta * r2[q]);
     }
     return np;
 }
@@ -456,12 +473,17 @@ static void radial(int np, const plan_t *pl, work_t *w, double *g, double *dg) {
         const double *r = w->r + q0, *ir = w->ir + q0;
         for (int a = pl->r_start[t]; a < pl->r_start[t + 1]; a++) {
             const int f = pl->r_func[a];
-            const double eta = pl->r_eta[a], rs = pl->r_rs[a];
+            const double eta = pl->r_eta[a], rs = pl->r_rs[a], rmax = sqrt(w->max_r2) + fabs(rs);
+            const int safe = eta >= 0.0 && eta * rmax * rmax <= 700.0;
             const double *fc = w->fc + pl->r_ic[a] * cap + q0, *dfc = w->dfc + pl->r_ic[a] * cap + q0;
-            for (int q = 0; q < nq; q++) {
-                const double dr = r[q] - rs, e = gm_exp(-eta * dr * dr);
+            if (safe)
+                for (int q = 0; q < nq; q++) val[q] = gm_exp_normal(-eta * (r[q] - rs) * (r[q] - rs));
+            else
+                for (int q = 0; q < nq; q++) val[q] = gm_exp(-eta * (r[q] - rs) * (r[q] - rs));
+            for (int q = 0; q < nq; q++) { /* val: exp, then exp fc */
+                const double e = val[q];
                 val[q] = e * fc[q];
-                coef[q] = (e * dfc[q] - 2.0 * eta * dr * val[q]) * ir[q];
+                coef[q] = (e * dfc[q] - 2.0 * eta * (r[q] - rs) * val[q]) * ir[q];
             }
             double v = 0.0;
 #pragma omp simd reduction(+ : v)
@@ -545,14 +567,16 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
     const int *part = w->part + s0;
     const double ax = w->x[j], ay = w->y[j], az = w->z[j], ira = w->ir[j];
 
-    /* Gather the partners; padding gets b = 0 and fb = eb = 0, hence zero terms. */
+    /* Gather the partners; padding gets b = 0 and fb = eb = 0, hence zero terms.
+     * (restrict: the scratch arrays never overlap; spares runtime alias checks) */
     const int nrc = pl->n_rc, neta = pl->n_eta;
+    double *restrict bx = w->bx, *restrict by = w->by, *restrict bz = w->bz, *restrict irb = w->irb;
     for (int n = 0; n < na; n++) {
         const int k = part[n];
-        w->bx[n] = w->x[k];
-        w->by[n] = w->y[k];
-        w->bz[n] = w->z[k];
-        w->irb[n] = w->ir[k];
+        bx[n] = w->x[k];
+        by[n] = w->y[k];
+        bz[n] = w->z[k];
+        irb[n] = w->ir[k];
     }
     for (int c = 0; c < nrc; c++)
         for (int n = 0; n < na; n++) {
@@ -562,32 +586,36 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
     for (int e = 0; e < neta; e++)
         for (int n = 0; n < na; n++) w->eb[e * cap + n] = w->ea[e * cap + part[n]];
     for (int n = na; n < nap; n++) {
-        w->bx[n] = w->by[n] = w->bz[n] = w->irb[n] = 0.0;
+        bx[n] = by[n] = bz[n] = irb[n] = 0.0;
         for (int c = 0; c < nrc; c++) w->fb[c * cap + n] = w->dfbr[c * cap + n] = 0.0;
         for (int e = 0; e < neta; e++) w->eb[e * cap + n] = 0.0;
     }
 
     /* Symmetric factors of the triplets with k > j. */
-    double *cs = w->s_cos + s0;
+    double *restrict cs = w->s_cos + s0, *restrict rjk2 = w->tmp;
     for (int n = lo; n < na; n++) {
-        const double cx = w->bx[n] - ax, cy = w->by[n] - ay, cz = w->bz[n] - az;
-        cs[n] = (ax * w->bx[n] + ay * w->by[n] + az * w->bz[n]) * ira * w->irb[n];
-        w->tmp[n] = cx * cx + cy * cy + cz * cz; /* R_jk^2 */
+        const double cx = bx[n] - ax, cy = by[n] - ay, cz = bz[n] - az;
+        cs[n] = (ax * bx[n] + ay * by[n] + az * bz[n]) * ira * irb[n];
+        rjk2[n] = cx * cx + cy * cy + cz * cz;
     }
     for (int t = 0; t < pp->n_fc; t++) {
         const double rc = pl->rc[pp->fc_ic[t]], k2 = (0.5 * M_PI / rc) * (0.5 * M_PI / rc);
-        double *fcjk = w->s_fc + t * sc + s0, *dfcjk = w->s_dfc + t * sc + s0;
+        double *restrict fcjk = w->s_fc + t * sc + s0, *restrict dfcjk = w->s_dfc + t * sc + s0;
         for (int n = lo; n < na; n++) {
             double f, dfr;
-            cutoff_r2(w->tmp[n], rc * rc, k2, &f, &dfr);
+            cutoff_r2(rjk2[n], rc * rc, k2, &f, &dfr);
             fcjk[n] = f;
             dfcjk[n] = dfr;
         }
     }
     for (int t = 0; t < pp->n_ec; t++) {
         const double eta = pl->eta[pp->ec_ie[t]];
-        double *ec = w->s_ec + t * sc + s0;
-        for (int n = lo; n < na; n++) ec[n] = gm_exp(-eta * w->tmp[n]);
+        const int safe = eta >= 0.0 && eta * 4.0 * w->max_r2 <= 700.0; /* R_jk <= 2 max R */
+        double *restrict ec = w->s_ec + t * sc + s0;
+        if (safe)
+            for (int n = lo; n < na; n++) ec[n] = gm_exp_normal(-eta * rjk2[n]);
+        else
+            for (int n = lo; n < na; n++) ec[n] = gm_exp(-eta * rjk2[n]);
     }
     if (deriv) { /* the same triplets, seen from row k */
         const int tj = w->type[j];
@@ -608,7 +636,7 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
     for (int u = 0; u < pp->n_pw; u++) {
         const double zeta = pp->zeta[u], lambda = pp->lambda[u], pref = pp->pref[u];
         const double qf = pref * lambda * zeta;
-        double *P = w->pw_p + u * cap, *Q = w->pw_q + u * cap;
+        double *restrict P = w->pw_p + u * cap, *restrict Q = w->pw_q + u * cap;
         const int iz = (int)zeta;
         if ((double)iz != zeta || iz < 1 || iz > 64) {
             for (int n = 0; n < nap; n++) {
@@ -652,13 +680,13 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
         const group_t *gr = &pp->group[gi];
         const double eta = pl->eta[gr->ie], ea = w->ea[gr->ie * cap + j];
         const double fa = w->fc[gr->ic * cap + j], dfar = w->dfcr[gr->ic * cap + j];
-        const double *fb = w->fb + gr->ic * cap, *eb = w->eb + gr->ie * cap;
-        double *A = w->grp + (5 * gi) * cap, *Ka = A + cap, *Kw = A + 2 * cap;
-        double *Aca = A + 3 * cap, *Acw = A + 4 * cap;
+        const double *restrict fb = w->fb + gr->ic * cap, *restrict eb = w->eb + gr->ie * cap;
+        double *restrict A = w->grp + (5 * gi) * cap, *restrict Ka = A + cap, *restrict Kw = A + 2 * cap;
+        double *restrict Aca = A + 3 * cap, *restrict Acw = A + 4 * cap;
         if (gr->kind == 4) {
-            const double *fcjk = w->s_fc + gr->fc_slot * sc + s0;
-            const double *dfcjk = w->s_dfc + gr->fc_slot * sc + s0;
-            const double *ec = w->s_ec + gr->ec_slot * sc + s0;
+            const double *restrict fcjk = w->s_fc + gr->fc_slot * sc + s0;
+            const double *restrict dfcjk = w->s_dfc + gr->fc_slot * sc + s0;
+            const double *restrict ec = w->s_ec + gr->ec_slot * sc + s0;
             if (!deriv)
                 for (int n = 0; n < nap; n++) A[n] = (ea * eb[n] * ec[n]) * (fa * fb[n] * fcjk[n]);
             else
@@ -669,7 +697,7 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
                     Ka[n] = e * (-4.0 * eta * fp + dfar * fb[n] * fcjk[n] + f2 * dfcjk[n]);
                     Kw[n] = e * (2.0 * eta * fp - f2 * dfcjk[n]);
                     Aca[n] = an * (cs[n] * ira * ira);
-                    Acw[n] = an * (ira * w->irb[n]);
+                    Acw[n] = an * (ira * irb[n]);
                 }
         } else {
             if (!deriv)
@@ -681,7 +709,7 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
                     Ka[n] = e * (-2.0 * eta * f2 + dfar * fb[n]);
                     Kw[n] = 0.0;
                     Aca[n] = an * (cs[n] * ira * ira);
-                    Acw[n] = an * (ira * w->irb[n]);
+                    Acw[n] = an * (ira * irb[n]);
                 }
         }
     }
@@ -689,13 +717,12 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
     /* Members: reductions over the partners. Values: sum P A; derivatives of
      * this row: Ua = sum (P Ka - Q A cos/|a|^2), Wb = sum (P Kw + Q A/(|a||b|)) b. */
     const double half = deriv ? 0.5 : 1.0; /* ordered pairs count each triplet twice */
-    const double *bx = w->bx, *by = w->by, *bz = w->bz;
     for (int gi = 0; gi < pp->n_groups; gi++) {
-        const double *A = w->grp + (5 * gi) * cap, *Ka = A + cap, *Kw = A + 2 * cap;
-        const double *Aca = A + 3 * cap, *Acw = A + 4 * cap;
+        const double *restrict A = w->grp + (5 * gi) * cap, *restrict Ka = A + cap;
+        const double *restrict Kw = A + 2 * cap, *restrict Aca = A + 3 * cap, *restrict Acw = A + 4 * cap;
         for (int m = pp->gstart[gi]; m < pp->gstart[gi + 1]; m++) {
             const int f = pp->func[m];
-            const double *P = w->pw_p + pp->pw[m] * cap, *Q = w->pw_q + pp->pw[m] * cap;
+            const double *restrict P = w->pw_p + pp->pw[m] * cap, *restrict Q = w->pw_q + pp->pw[m] * cap;
             double v = 0.0, ua = 0.0, dx = 0.0, dy = 0.0, dz = 0.0;
             if (!deriv) {
 #pragma omp simd reduction(+ : v)
