@@ -116,20 +116,30 @@ class BiasServer:
             self.pool = ReferencePool(listen(listen_address, allow_remote=allow_remote), self.natoms,
                                       compute_timeout, accept_timeout)
         self.step = bias.step_count if bias is not None else 0
+        #: a restarted bias already holds the hills of the steps before this one
+        self._hills_through = self.step
         self._skip_positions = self._last_recorded_positions()
         if bias is not None:
             bias.step_count = self.step   # deposition times follow the recorded MD steps
+        if self._hills_through > 0 or self._skip_positions is not None:
+            log.info("restart: %d hills loaded (last deposited at step %d), %d frames on disk; "
+                     "continuing at step %d", 0 if bias is None else bias.n_hills, self._hills_through - 1,
+                     0 if recorder is None else recorder.n_frames_on_disk, self.step)
 
     @property
     def listen_address(self):
         return None if self.pool is None else self.pool.listener.address
 
     def _last_recorded_positions(self) -> np.ndarray | None:
-        """Positions of the last recorded frame, to avoid a duplicate after a restart."""
+        """Positions of the last recorded frame, to avoid a duplicate after a restart.
+
+        The recorded frames say which steps were completed: the next step is the
+        one after the last frame (a step's hills are deposited only once its
+        reference result is in, just before its frame is recorded)."""
         if self.recorder is None or self.recorder.n_frames_on_disk == 0:
             return None
         last = self.recorder.last_frame()
-        self.step = max(self.step, int(last.info.get("step", -1)) + 1)
+        self.step = int(last.info.get("step", self.step - 1)) + 1
         return last.positions
 
     def _atoms(self, positions: Positions) -> Atoms:
@@ -139,9 +149,20 @@ class BiasServer:
         return atoms
 
     def _bias_terms(self, atoms: Atoms):
+        """Bias energy, forces and virial at ``atoms`` (no deposition: see :meth:`_deposit`)."""
         if self.bias is None:
             return 0.0, np.zeros((self.natoms, 3)), np.zeros((3, 3))
-        return self.bias.step(atoms)
+        return self.bias.energy_forces(atoms)
+
+    def _deposit(self, atoms: Atoms) -> None:
+        """Deposit this step's hills (every ``stride`` steps, not at step 0), unless a
+        restarted bias already holds them."""
+        if self.bias is None:
+            return
+        if self.step > 0 and self.step % self.bias.stride == 0 and self.step >= self._hills_through:
+            self.bias.step_count = self.step
+            self.bias.deposit(atoms)
+        self.bias.step_count = self.step + 1
 
     def _extras(self, bias_energy: float, reference_energy: float | None = None, client_extras: str = "") -> str:
         extras = {"bias_energy": bias_energy, "n_hills": 0 if self.bias is None else self.bias.n_hills}
@@ -188,22 +209,27 @@ class BiasServer:
 
     def _proxy_step(self, positions: Positions, ipi: ClientRole, executor) -> ForceResult:
         atoms = self._atoms(positions)
+        repeat = self._skip_positions is not None and np.allclose(self._skip_positions, positions.positions,
+                                                                  rtol=0, atol=1e-6)
+        self._skip_positions = None
+        if repeat:   # i-PI re-sent the step whose frame was recorded before the restart
+            self.step -= 1
+            log.info("step %d repeats the last recorded frame (restart): not recorded twice", self.step)
         pending = executor.submit(self.pool.evaluate, positions, self.step,
                                   ipi.init_bead or 0, ipi.init_string or "")
         try:
             bias_energy, bias_forces, bias_virial = self._bias_terms(atoms)   # meanwhile
         finally:
             reference = pending.result()
-        if self._skip_positions is not None and np.allclose(self._skip_positions, positions.positions,
-                                                            rtol=0, atol=1e-6):
-            log.info("step %d repeats the last recorded frame (restart): not recorded twice", self.step)
-        elif self.recorder is not None:
+        # hills only once the reference is in: a server killed while it waits for
+        # the reference restarts without this step's hills and redoes it exactly
+        self._deposit(atoms)
+        if self.recorder is not None and not repeat:
             virial = reference.virial if np.any(reference.virial) else None
             self.recorder.record(positions.positions, positions.cell, reference.energy, reference.forces,
                                  virial, bias_energy=bias_energy, step=self.step,
                                  walker=ipi.init_bead or 0,
                                  n_hills=0 if self.bias is None else self.bias.n_hills)
-        self._skip_positions = None
         return ForceResult(reference.energy + bias_energy, reference.forces + bias_forces,
                            reference.virial + bias_virial,
                            extras=self._extras(bias_energy, reference.energy, reference.extras))
