@@ -93,7 +93,9 @@ class RunSettings:
     """How ``gmetad run DIR`` starts an example (ignored by ``gmetad serve``).
 
     driver: the force client's command line; ``{address}`` becomes the proxy's
-    address, ``{structure}`` the structure file, ``{dir}`` the example folder.
+    address (``unix:NAME``), ``{socket}`` its bare name (for DFT codes that add
+    i-PI's /tmp/ipi_ prefix themselves), ``{structure}`` the structure file,
+    ``{dir}`` the example folder. It runs in the output folder.
     analysis: a command run in the output folder after the runs.
     """
 

@@ -94,19 +94,26 @@ class Run:
 
     def start(self) -> None:
         self._start("i-pi", ["i-pi", "input.xml"])
-        path = parse_address(f"unix:{self.ipi_socket}").path
-        deadline = time.monotonic() + 60
-        while not os.path.exists(path):
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise RunFailed(f"i-PI did not open its socket {path} within 60 s; see {self._log('i-pi')}")
-            time.sleep(POLL_SECONDS)
+        self._wait_for_socket("i-pi", self.ipi_socket)
         self._start("server", [sys.executable, "-m", "biasserver.cli", "serve", "gmetad.yaml"])
+        # DFT codes try to connect once and give up: start them when the proxy listens
+        self._wait_for_socket("server", self.ref_socket)
         driver = self.config.run.driver
         if not driver:
             raise RunFailed(f"{self.config.path}: 'run.driver' is not set: no force client to start")
-        fields = {"address": f"unix:{self.ref_socket}", "structure": self.config.structure, "dir": self.example}
+        fields = {"address": f"unix:{self.ref_socket}", "socket": self.ref_socket,
+                  "structure": self.config.structure, "dir": self.example}
         self._start("driver", [w.format(**fields) for w in shlex.split(driver)])
+
+    def _wait_for_socket(self, name: str, socket_name: str, seconds: float = 60) -> None:
+        path = parse_address(f"unix:{socket_name}").path
+        deadline = time.monotonic() + seconds
+        while not os.path.exists(path):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise RunFailed(f"the {name} did not open its socket {path} within {seconds:.0f} s; "
+                                f"see {self._log(name)}")
+            time.sleep(POLL_SECONDS)
 
     def _log(self, name: str) -> str:
         return os.path.join(self.outdir, f"{name}.log")

@@ -1,6 +1,6 @@
 """Real DFT through the proxy: i-PI -> ``gmetad serve`` -> Quantum ESPRESSO (pw.x).
 
-A few MD steps of the examples/qe-si8 system (8-atom diamond Si, LDA, Gamma point,
+A few MD steps of the examples/qe-si8 system (8-atom diamond Si, LDA, shifted 2x2x2 k-mesh,
 20 Ry) with pw.x connected to the proxy's unix socket (``pw.x --ipi NAME:UNIX``,
 socket file /tmp/ipi_NAME). The recorded frames must be QE's unbiased energies,
 forces and stresses in eV / eV/A / eV/A^3: the first one is compared with a
@@ -113,7 +113,7 @@ def test_qe_md_through_the_proxy_records_dft_frames(tmp_path):
 structure: init.xyz
 symmetry:
   default: {{elements: [Si], cutoff: 6.0}}
-bias: {{height: 0.01, width: 0.5, stride: 2, species: {{Si: 1.0}}, hills_file: HILLS, restart: false}}
+bias: {{height: 0.002, width: 0.5, stride: 2, species: {{Si: 1.0}}, hills_file: HILLS, restart: false}}
 server: {{mode: proxy, ipi: "unix:{ipi_name}", listen: "unix:{ref_name}", timeout: 120}}
 recorder: {{path: frames.extxyz, fsync: false}}
 """)
@@ -173,11 +173,12 @@ recorder: {{path: frames.extxyz, fsync: false}}
     for f in frames:
         assert f.get_chemical_symbols() == ["Si"] * 8
         e = f.get_potential_energy()
-        assert -107.0 < e / 8 < -106.0, f"step {f.info['step']}: {e} eV is not LDA Si8 (about -851.9 eV)"
+        assert -108.5 < e / 8 < -107.0, \
+            f"step {f.info['step']}: {e} eV is not LDA Si8 with a 2x2x2 k-mesh (about -861.6 eV)"
         assert np.abs(f.get_forces()).max() < 5.0
         stress = f.get_stress(voigt=False)
         pressure_gpa = -np.trace(stress) / 3 / units.GPa
-        assert 1.0 < pressure_gpa < 15.0, pressure_gpa   # 5.43 A is compressed for LDA at 20 Ry
+        assert -10.0 < pressure_gpa < 10.0 and pressure_gpa != 0.0, pressure_gpa  # near equilibrium
     # the MD moved the atoms, and consecutive DFT energies differ
     assert np.abs(frames[-1].positions - frames[0].positions).max() > 1e-3
     assert len({round(f.get_potential_energy(), 6) for f in frames}) == len(frames)
