@@ -9,6 +9,7 @@ Energies are in eV, forces in eV/A, the virial in eV with i-PI's sign
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Mapping, Sequence
 
@@ -23,6 +24,8 @@ from .units import KB
 from .walls import wall_from_dict
 
 COVARIANCES = ("adaptive", "isotropic")
+
+log = logging.getLogger("gmetad.bias")
 
 
 class GMetaDBias:
@@ -161,10 +164,14 @@ class GMetaDBias:
         multiple of ``stride``. The returned forces are those before the deposition."""
         desc = self._descriptors(atoms)
         result = self._evaluate(atoms, desc)
-        if self.step_count > 0 and self.step_count % self.stride == 0:
+        if self.deposits_at(self.step_count):
             self._deposit(desc)
         self.step_count += 1
         return result
+
+    def deposits_at(self, step: int) -> bool:
+        """Whether hills are deposited at MD step ``step``: positive multiples of stride."""
+        return step > 0 and step % self.stride == 0
 
     def deposit(self, atoms: Atoms) -> int:
         """Deposit one hill per biased atom at its current G_i; returns the number
@@ -185,6 +192,10 @@ class GMetaDBias:
                 heights = self.height * np.exp(-felt / (KB * self.well_tempered))
             metrics = [self._metric(desc, e, c) for c in range(len(values))]
             for c in range(len(values)):
+                if metrics[c] is None:
+                    log.warning("step %d: %s atom %d has no neighbour within the cutoff; no hill for it",
+                                self.step_count, e, int(desc.indices[e][c]))
+                    continue
                 index = self._merge_target(hills, values[c])
                 if index is None:
                     index = hills.add(values[c], heights[c], metrics[c], self.step_count)
@@ -198,7 +209,8 @@ class GMetaDBias:
         return added
 
     def _metric(self, desc: Descriptors, element: str, centre: int):
-        """Inverse covariance of a hill deposited at one centre (see class docstring)."""
+        """Inverse covariance of a hill deposited at one centre (see class docstring), or
+        None when the centre has no neighbour (its G cannot move: no adaptive hill)."""
         if self.covariance == "isotropic":
             return 1.0 / self.width**2
         _, jac = desc.jacobian(element, centre)
@@ -206,9 +218,8 @@ class GMetaDBias:
         cov = self.width**2 * (jac @ jac.T)
         eigval, eigvec = np.linalg.eigh(0.5 * (cov + cov.T))
         floor = self.regularization * max(float(eigval[-1]), 0.0)
-        if floor <= 0:
-            raise ValueError(f"symmetry functions of a {element} atom do not depend on its "
-                             "environment (no neighbours within the cutoff?): cannot build an adaptive hill")
+        if floor <= 0:   # G does not depend on the positions: an isolated atom
+            return None
         eigval = np.maximum(eigval, 0.0) + floor
         metric = (eigvec / eigval) @ eigvec.T
         return 0.5 * (metric + metric.T)

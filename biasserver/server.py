@@ -159,7 +159,7 @@ class BiasServer:
         restarted bias already holds them."""
         if self.bias is None:
             return
-        if self.step > 0 and self.step % self.bias.stride == 0 and self.step >= self._hills_through:
+        if self.bias.deposits_at(self.step) and self.step >= self._hills_through:
             self.bias.step_count = self.step
             self.bias.deposit(atoms)
         self.bias.step_count = self.step + 1

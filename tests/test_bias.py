@@ -289,3 +289,13 @@ def test_mismatched_hills_file(tmp_path):
     notes.write_text("just some text\n")
     with pytest.raises(HillsFileError, match="notes.txt"):
         GMetaDBias.load(notes)
+
+
+def test_isolated_atom_gets_no_adaptive_hill(caplog):
+    atoms = pt_h_slab()
+    atoms.positions[-1, 2] += 20.0                   # one H far above everything
+    sf = SymmetryFunctions.default(["Pt", "H"], cutoff=4.5)
+    bias = GMetaDBias(sf, height=0.01, width=0.5, stride=1, species={"H": 1.0})
+    with caplog.at_level("WARNING", logger="gmetad.bias"):
+        assert bias.deposit(atoms) == 1                 # the other H still deposits
+    assert "H atom 13 has no neighbour within the cutoff" in caplog.text
