@@ -87,3 +87,33 @@ def test_select_by_stride_and_fps(tmp_path):
     assert any(np.allclose(p.positions, frames[7].positions) for p in picked)
     result = gmetad("select", str(tmp_path / "frames.extxyz"), "--stride", "4", "-o", str(out))
     assert len(read(out, ":")) == 3
+
+
+def test_run_stops_everything_on_ctrl_c(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "biasserver.cli", "run",
+                             os.path.join(ROOT, "examples", "pt111-h"), "--steps", "100000",
+                             "--only", "gmetad", "--output", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        frames = out / "gmetad" / "frames.extxyz"
+        while not (frames.exists() and frames.stat().st_size > 10000):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the run did not start recording within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted; stopping i-PI, the server and the driver" in stderr
+    leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout
+    assert leftover.strip() == ""
+    # what was recorded before the interruption is intact
+    recorded = read(out / "gmetad" / "frames.extxyz", ":")
+    assert len(recorded) >= 5
+    assert [f.info["step"] for f in recorded] == list(range(len(recorded)))
