@@ -360,6 +360,8 @@ typedef struct {
     double *s_cos, *s_fc, *s_dfc, *s_ec;  /* [slot], [max_fc][slot], [max_fc][slot], [max_ec][slot] */
     /* one row segment: gathered partner data and per-triplet factors */
     double *bx, *by, *bz, *irb, *tmp, *fb, *dfbr, *eb, *pw_p, *pw_q, *grp;
+    /* derivatives: G2 coefficients [radial function][cap]; one row's block [n_funcs][3] */
+    double *rcoef, *rowbuf;
     void *block;
 } work_t;
 
@@ -367,9 +369,10 @@ static int work_alloc(work_t *w, const plan_t *pl, long max_np) {
     const size_t cap = (size_t)((max_np + LANES - 1) / LANES + 1) * LANES, T = pl->n_types;
     const size_t nrc = pl->n_rc, neta = pl->n_eta > 0 ? pl->n_eta : 1;
     const size_t slots = cap * (cap + T * LANES);
+    const size_t F = pl->n_funcs > 0 ? pl->n_funcs : 1;
     const size_t n_dbl = cap * (5 + 3 * nrc + neta + 5 + 2 * nrc + neta + 2 * pl->max_pw +
-                                5 * pl->max_groups) +
-                         slots * (1 + 2 * pl->max_fc + pl->max_ec);
+                                5 * pl->max_groups + F) +
+                         slots * (1 + 2 * pl->max_fc + pl->max_ec) + 3 * F;
     const size_t n_int = 2 * cap + T + 2 + slots + 4 * cap * T;
     char *cur = malloc(n_dbl * sizeof(double) + n_int * sizeof(int) + 64 * sizeof(double));
     if (!cur) return GM_ENOMEM;
@@ -388,6 +391,8 @@ static int work_alloc(work_t *w, const plan_t *pl, long max_np) {
     w->pw_p = take(&cur, pl->max_pw * cap * sizeof(double));
     w->pw_q = take(&cur, pl->max_pw * cap * sizeof(double));
     w->grp = take(&cur, 5 * pl->max_groups * cap * sizeof(double));
+    w->rcoef = take(&cur, F * cap * sizeof(double));
+    w->rowbuf = take(&cur, 3 * F * sizeof(double));
     w->s_cos = take(&cur, slots * sizeof(double));
     w->s_fc = take(&cur, pl->max_fc * slots * sizeof(double));
     w->s_dfc = take(&cur, pl->max_fc * slots * sizeof(double));
@@ -463,42 +468,40 @@ static int load_neighbours(int i, const int *types, const long *pair_offset, con
     return np;
 }
 
-/* G2: each pair q contributes to G and to dG/dR_q = c_q R_q only. */
-static void radial(int np, const plan_t *pl, work_t *w, double *g, double *dg) {
-    const int F = pl->n_funcs, cap = w->cap;
-    double *val = w->bx, *coef = w->by; /* row scratch, free here */
+/* G2 values; with derivatives, the coefficients c (dG/dR_q = c R_q, one pair
+ * only) go to rcoef[a][q] for radial function a. */
+static void radial(const plan_t *pl, work_t *w, double *g, int deriv) {
+    const int cap = w->cap;
+    double *restrict val = w->bx; /* row scratch, free here */
     for (int t = 0; t < pl->n_types; t++) {
         const int q0 = w->tstart[t], nq = w->tstart[t + 1] - q0;
         if (nq == 0) continue;
-        const double *r = w->r + q0, *ir = w->ir + q0;
+        const double *restrict r = w->r + q0, *restrict ir = w->ir + q0;
         for (int a = pl->r_start[t]; a < pl->r_start[t + 1]; a++) {
             const int f = pl->r_func[a];
             const double eta = pl->r_eta[a], rs = pl->r_rs[a], rmax = sqrt(w->max_r2) + fabs(rs);
             const int safe = eta >= 0.0 && eta * rmax * rmax <= 700.0;
-            const double *fc = w->fc + pl->r_ic[a] * cap + q0, *dfc = w->dfc + pl->r_ic[a] * cap + q0;
+            const double *restrict fc = w->fc + pl->r_ic[a] * cap + q0;
+            const double *restrict dfc = w->dfc + pl->r_ic[a] * cap + q0;
+            double *restrict coef = w->rcoef + (size_t)a * cap + q0;
             if (safe)
                 for (int q = 0; q < nq; q++) val[q] = gm_exp_normal(-eta * (r[q] - rs) * (r[q] - rs));
             else
                 for (int q = 0; q < nq; q++) val[q] = gm_exp(-eta * (r[q] - rs) * (r[q] - rs));
-            for (int q = 0; q < nq; q++) { /* val: exp, then exp fc */
-                const double e = val[q];
-                val[q] = e * fc[q];
-                coef[q] = (e * dfc[q] - 2.0 * eta * (r[q] - rs) * val[q]) * ir[q];
-            }
+            if (deriv)
+                for (int q = 0; q < nq; q++) { /* val: exp -> exp fc */
+                    const double e = val[q];
+                    val[q] = e * fc[q];
+                    coef[q] = (e * dfc[q] - 2.0 * eta * (r[q] - rs) * val[q]) * ir[q];
+                }
+            else
+                for (int q = 0; q < nq; q++) val[q] *= fc[q];
             double v = 0.0;
 #pragma omp simd reduction(+ : v)
             for (int q = 0; q < nq; q++) v += val[q];
             g[f] += v;
-            if (!dg) continue;
-            for (int q = 0; q < nq; q++) {
-                double *d = dg + ((size_t)w->order[q0 + q] * F + f) * 3;
-                d[0] = coef[q] * w->x[q0 + q];
-                d[1] = coef[q] * w->y[q0 + q];
-                d[2] = coef[q] * w->z[q0 + q];
-            }
         }
     }
-    (void)np;
 }
 
 /* Compact every row's partners into slots (see work_t): the triplets that can
@@ -556,11 +559,11 @@ static void build_slots(int np, int deriv, const plan_t *pl, work_t *w) {
  * of one segment (pair plan pp). First the triplets with k > j: their symmetric
  * factors are computed into this row's slots and, with derivatives, copied to
  * the slots of row k (rows run in increasing j, so the k < j ones are ready).
- * Then the per-row sums: values and, with derivatives, this row's whole block
- * dG/da = sum_k [Ua a + W b]. */
+ * Then the per-row sums: values and, with derivatives, this row's share of its
+ * block dG/da = sum_k [Ua a + W b], added to rowbuf. */
 static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, work_t *w,
-                        double *g, double *dg) {
-    const int cap = w->cap, F = pl->n_funcs, T = pl->n_types, deriv = dg != NULL;
+                        double *g, double *rowbuf) {
+    const int cap = w->cap, T = pl->n_types, deriv = rowbuf != NULL;
     const long sc = w->slot_cap, s0 = w->seg_s0[seg];
     const int na = w->seg_na[seg], lo = w->seg_lo[seg];
     const int nap = (na + LANES - 1) / LANES * LANES;
@@ -740,7 +743,7 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
                 dz += wb * bz[n];
             }
             g[f] += half * v;
-            double *d = dg + ((size_t)w->order[j] * F + f) * 3;
+            double *d = rowbuf + (size_t)f * 3;
             d[0] += ua * ax + dx;
             d[1] += ua * ay + dy;
             d[2] += ua * az + dz;
@@ -753,16 +756,33 @@ static void one_centre(int i, const int *types, const long *pair_offset, const i
     const int F = pl->n_funcs, T = pl->n_types;
     const int np = load_neighbours(i, types, pair_offset, neighbour, vectors, pl, w);
     for (int f = 0; f < F; f++) g[f] = 0.0;
-    if (dg) memset(dg, 0, sizeof(double) * (size_t)np * F * 3);
-    radial(np, pl, w, g, dg);
-    if (pl->n_pairs == 0) return;
-    build_slots(np, dg != NULL, pl, w);
-    for (int j = 0; j < np; j++)
-        for (int tk = 0; tk < T; tk++) {
-            const int seg = j * T + tk;
-            if (w->seg_na[seg] > 0)
-                row_segment(j, seg, &pl->pairs[pl->pair_of[w->type[j] * T + tk]], pl, w, g, dg);
+    radial(pl, w, g, dg != NULL);
+    if (pl->n_pairs > 0) build_slots(np, dg != NULL, pl, w);
+    /* Rows in increasing j (row_segment relies on it). With derivatives each row's
+     * block is summed in rowbuf and written once, so the (large) output is only
+     * ever stored to. */
+    double *rowbuf = dg ? w->rowbuf : NULL;
+    for (int j = 0; j < np; j++) {
+        const int tj = w->type[j];
+        if (dg) {
+            memset(rowbuf, 0, sizeof(double) * 3 * (size_t)F);
+            if (tj < T)
+                for (int a = pl->r_start[tj]; a < pl->r_start[tj + 1]; a++) {
+                    const double c = w->rcoef[(size_t)a * w->cap + j];
+                    double *d = rowbuf + 3 * (size_t)pl->r_func[a];
+                    d[0] = c * w->x[j];
+                    d[1] = c * w->y[j];
+                    d[2] = c * w->z[j];
+                }
         }
+        if (pl->n_pairs > 0 && tj < T)
+            for (int tk = 0; tk < T; tk++) {
+                const int seg = j * T + tk;
+                if (w->seg_na[seg] > 0)
+                    row_segment(j, seg, &pl->pairs[pl->pair_of[tj * T + tk]], pl, w, g, rowbuf);
+            }
+        if (dg) memcpy(dg + (size_t)w->order[j] * F * 3, rowbuf, sizeof(double) * 3 * (size_t)F);
+    }
 }
 
 static int check_params(int n_funcs, const double *params) {
