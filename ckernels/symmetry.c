@@ -133,20 +133,8 @@ static inline double gm_exp_normal(double x) { return exp_core(x, 1); }
  *   dfc/dR / R = -(pi/Rc) sin h cos h / R = -2 k2 (sin h / h) cos h,  k2 = (pi / (2 Rc))^2,
  * where cos h and sin h / h are Taylor polynomials in h^2 (truncation < 2e-18 on
  * [0, pi/2]). Both are 0 for R >= Rc. */
-static inline void cutoff_r2(double r2, double rc2, double k2, double *fc, double *dfc_r) {
-    const double h2 = k2 * r2;
-    double s = -1.0 / 51090942171709440000.0; /* sin h / h = sum (-h2)^n / (2n+1)! */
-    s = s * h2 + 1.0 / 121645100408832000.0;
-    s = s * h2 - 1.0 / 355687428096000.0;
-    s = s * h2 + 1.0 / 1307674368000.0;
-    s = s * h2 - 1.0 / 6227020800.0;
-    s = s * h2 + 1.0 / 39916800.0;
-    s = s * h2 - 1.0 / 362880.0;
-    s = s * h2 + 1.0 / 5040.0;
-    s = s * h2 - 1.0 / 120.0;
-    s = s * h2 + 1.0 / 6.0;
-    s = s * h2 - 1.0;
-    double c = 1.0 / 1124000727777607680000.0; /* -cos h = -sum (-h2)^n / (2n)! */
+static inline double cos_h(double h2) { /* cos h = sum (-h2)^n / (2n)! */
+    double c = 1.0 / 1124000727777607680000.0;
     c = c * h2 - 1.0 / 2432902008176640000.0;
     c = c * h2 + 1.0 / 6402373705728000.0;
     c = c * h2 - 1.0 / 20922789888000.0;
@@ -158,9 +146,31 @@ static inline void cutoff_r2(double r2, double rc2, double k2, double *fc, doubl
     c = c * h2 - 1.0 / 24.0;
     c = c * h2 + 0.5;
     c = c * h2 - 1.0;
+    return -c;
+}
+static inline double sinc_h(double h2) { /* sin h / h = sum (-h2)^n / (2n+1)! */
+    double s = -1.0 / 51090942171709440000.0;
+    s = s * h2 + 1.0 / 121645100408832000.0;
+    s = s * h2 - 1.0 / 355687428096000.0;
+    s = s * h2 + 1.0 / 1307674368000.0;
+    s = s * h2 - 1.0 / 6227020800.0;
+    s = s * h2 + 1.0 / 39916800.0;
+    s = s * h2 - 1.0 / 362880.0;
+    s = s * h2 + 1.0 / 5040.0;
+    s = s * h2 - 1.0 / 120.0;
+    s = s * h2 + 1.0 / 6.0;
+    s = s * h2 - 1.0;
+    return -s;
+}
+static inline void cutoff_r2(double r2, double rc2, double k2, double *fc, double *dfc_r) {
+    const double h2 = k2 * r2, c = cos_h(h2);
     const double inside = r2 - rc2; /* < 0 inside the cutoff */
     *fc = where_negative(inside, c * c);
-    *dfc_r = where_negative(inside, -2.0 * k2 * s * c); /* (-s)(-c) = (sin h / h) cos h */
+    *dfc_r = where_negative(inside, -2.0 * k2 * sinc_h(h2) * c);
+}
+static inline double cutoff_r2_value(double r2, double rc2, double k2) {
+    const double c = cos_h(k2 * r2);
+    return where_negative(r2 - rc2, c * c);
 }
 
 /* ---- the parameter table, reorganised once per call ------------------------ */
@@ -604,12 +614,15 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
     for (int t = 0; t < pp->n_fc; t++) {
         const double rc = pl->rc[pp->fc_ic[t]], k2 = (0.5 * M_PI / rc) * (0.5 * M_PI / rc);
         double *restrict fcjk = w->s_fc + t * sc + s0, *restrict dfcjk = w->s_dfc + t * sc + s0;
-        for (int n = lo; n < na; n++) {
-            double f, dfr;
-            cutoff_r2(rjk2[n], rc * rc, k2, &f, &dfr);
-            fcjk[n] = f;
-            dfcjk[n] = dfr;
-        }
+        if (!deriv)
+            for (int n = lo; n < na; n++) fcjk[n] = cutoff_r2_value(rjk2[n], rc * rc, k2);
+        else
+            for (int n = lo; n < na; n++) {
+                double f, dfr;
+                cutoff_r2(rjk2[n], rc * rc, k2, &f, &dfr);
+                fcjk[n] = f;
+                dfcjk[n] = dfr;
+            }
     }
     for (int t = 0; t < pp->n_ec; t++) {
         const double eta = pl->eta[pp->ec_ie[t]];
@@ -651,11 +664,17 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
             continue;
         }
 #define POWERS(R) /* R: base^(zeta-1) from b */                           \
-    for (int n = 0; n < nap; n++) {                                       \
-        const double b = positive_part(1.0 + lambda * cs[n]), r = (R);    \
-        P[n] = pref * (r * b);                                            \
-        Q[n] = qf * r;                                                    \
-    }
+    if (!deriv)                                                           \
+        for (int n = 0; n < nap; n++) {                                   \
+            const double b = positive_part(1.0 + lambda * cs[n]), r = (R); \
+            P[n] = pref * (r * b);                                        \
+        }                                                                 \
+    else                                                                  \
+        for (int n = 0; n < nap; n++) {                                   \
+            const double b = positive_part(1.0 + lambda * cs[n]), r = (R); \
+            P[n] = pref * (r * b);                                        \
+            Q[n] = qf * r;                                                \
+        }
         switch (iz) {
         case 1: POWERS(1.0) break;
         case 2: POWERS(b) break;
