@@ -386,7 +386,8 @@ typedef struct {
     int *seg_s0, *seg_na, *seg_lo, *fill;
     double *s_cos, *s_fc, *s_dfc, *s_ec;  /* [slot], [max_fc][slot], [max_fc][slot], [max_ec][slot] */
     /* one row segment: gathered partner data and per-triplet factors */
-    double *bx, *by, *bz, *irb, *tmp, *fb, *dfbr, *eb, *pw_p, *pw_q, *grp;
+    double *bx, *by, *bz, *irb, *tmp, *fb, *eb, *pw_p, *pw_q, *grp;
+    double *fcut, *geo; /* [max_fc][3][cap] Fp, Gk, Hk; [2][cap] ca, cw */
     /* derivatives: G2 coefficients [radial function][cap]; one row's block [n_funcs][3] */
     double *rcoef, *rowbuf;
     void *block;
@@ -398,7 +399,7 @@ static int work_alloc(work_t *w, const plan_t *pl, long max_np) {
     const size_t slots = cap * (cap + T * LANES);
     const size_t F = pl->n_funcs > 0 ? pl->n_funcs : 1;
     const size_t n_dbl = cap * (5 + 3 * nrc + neta + 5 + 2 * nrc + neta + 2 * pl->max_pw +
-                                5 * pl->max_groups + F) +
+                                5 * pl->max_groups + F + 3 * pl->max_fc + 2) +
                          slots * (1 + 2 * pl->max_fc + pl->max_ec) + 3 * F;
     const size_t n_int = 2 * cap + T + 2 + slots + 4 * cap * T;
     char *cur = malloc(n_dbl * sizeof(double) + n_int * sizeof(int) + 64 * sizeof(double));
@@ -413,12 +414,13 @@ static int work_alloc(work_t *w, const plan_t *pl, long max_np) {
     w->dfcr = take(&cur, nrc * cap * sizeof(double));
     w->ea = take(&cur, neta * cap * sizeof(double));
     w->fb = take(&cur, nrc * cap * sizeof(double));
-    w->dfbr = take(&cur, nrc * cap * sizeof(double));
     w->eb = take(&cur, neta * cap * sizeof(double));
     w->pw_p = take(&cur, pl->max_pw * cap * sizeof(double));
     w->pw_q = take(&cur, pl->max_pw * cap * sizeof(double));
     w->grp = take(&cur, 5 * pl->max_groups * cap * sizeof(double));
     w->rcoef = take(&cur, F * cap * sizeof(double));
+    w->fcut = take(&cur, 3 * pl->max_fc * cap * sizeof(double));
+    w->geo = take(&cur, 2 * cap * sizeof(double));
     w->rowbuf = take(&cur, 3 * F * sizeof(double));
     w->s_cos = take(&cur, slots * sizeof(double));
     w->s_fc = take(&cur, pl->max_fc * slots * sizeof(double));
@@ -617,15 +619,12 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
         irb[n] = w->ir[k];
     }
     for (int c = 0; c < nrc; c++) {
-        const double *restrict fc = w->fc + (size_t)c * cap, *restrict dfcr = w->dfcr + (size_t)c * cap;
-        double *restrict fb = w->fb + (size_t)c * cap, *restrict dfbr = w->dfbr + (size_t)c * cap;
-        for (int n = 0; n < na; n++) {
-            fb[n] = fc[part[n]];
-            dfbr[n] = dfcr[part[n]];
-        }
-        for (int n = na; n < nap; n++) fb[n] = dfbr[n] = 0.0;
+        const double *restrict fc = w->fc + (size_t)c * cap;
+        double *restrict fb = w->fb + (size_t)c * cap;
+        for (int n = 0; n < na; n++) fb[n] = fc[part[n]];
+        for (int n = na; n < nap; n++) fb[n] = 0.0;
     }
-    for (int e = 0; e < neta; e++) {
+    for (int e = 0; e < neta && pp->has5; e++) { /* G5: exp(-eta R_ik^2) */
         const double *restrict ea = w->ea + (size_t)e * cap;
         double *restrict eb = w->eb + (size_t)e * cap;
         for (int n = 0; n < na; n++) eb[n] = ea[part[n]];
@@ -653,14 +652,18 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
                 dfcjk[n] = dfr;
             }
     }
-    for (int t = 0; t < pp->n_ec; t++) {
+    for (int t = 0; t < pp->n_ec; t++) { /* E = exp(-eta (R_ij^2 + R_ik^2 + R_jk^2)) */
         const double eta = pl->eta[pp->ec_ie[t]];
+        const double *restrict ea = w->ea + (size_t)pp->ec_ie[t] * cap, eaj = ea[j];
         const int safe = eta >= 0.0 && eta * 4.0 * w->max_r2 <= 700.0; /* R_jk <= 2 max R */
         double *restrict ec = w->s_ec + t * sc + s0;
+        double *restrict eb = w->eb + (size_t)pp->ec_ie[t] * cap;
+        if (!pp->has5) /* else gathered above */
+            for (int n = lo; n < na; n++) eb[n] = ea[part[n]];
         if (safe)
-            for (int n = lo; n < na; n++) ec[n] = gm_exp_normal(-eta * rjk2[n]);
+            for (int n = lo; n < na; n++) ec[n] = eaj * eb[n] * gm_exp_normal(-eta * rjk2[n]);
         else
-            for (int n = lo; n < na; n++) ec[n] = gm_exp(-eta * rjk2[n]);
+            for (int n = lo; n < na; n++) ec[n] = eaj * eb[n] * gm_exp(-eta * rjk2[n]);
     }
     if (deriv) { /* the same triplets, seen from row k */
         const int tj = w->type[j];
@@ -723,34 +726,62 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
 #undef POWERS
     }
 
+    /* What the G4 groups of one cutoff share: Fp = fa fb fc_jk and, for the
+     * derivatives, Hk = fa fb dfc_jk/R_jk and Gk = (dfa/|a|) fb fc_jk + Hk; and the
+     * angular factor's geometry ca = cos/|a|^2, cw = 1/(|a||b|). */
+    for (int t = 0; t < pp->n_fc; t++) {
+        const int ic = pp->fc_ic[t];
+        const double fa = w->fc[ic * cap + j], dfar = w->dfcr[ic * cap + j];
+        const double *restrict fb = w->fb + ic * cap;
+        const double *restrict fcjk = w->s_fc + t * sc + s0, *restrict dfcjk = w->s_dfc + t * sc + s0;
+        double *restrict Fp = w->fcut + 3 * t * cap, *restrict Gk = Fp + cap, *restrict Hk = Fp + 2 * cap;
+        if (!deriv)
+            for (int n = 0; n < nap; n++) Fp[n] = fa * fb[n] * fcjk[n];
+        else
+            for (int n = 0; n < nap; n++) {
+                const double f2 = fa * fb[n], h = f2 * dfcjk[n];
+                Fp[n] = f2 * fcjk[n];
+                Hk[n] = h;
+                Gk[n] = dfar * fb[n] * fcjk[n] + h;
+            }
+    }
+    double *restrict ca = w->geo, *restrict cw = w->geo + cap;
+    if (deriv) {
+        const double ira2 = ira * ira;
+        for (int n = 0; n < nap; n++) {
+            ca[n] = cs[n] * ira2;
+            cw[n] = ira * irb[n];
+        }
+    }
+
     /* Per group: A = E Fp (the term without the angular factor) and, for the
      * derivatives, Ka = (1/|a|) dA/d|a| and Kw = dA/d(a.b) at fixed cos, and
      * A cos/|a|^2, A/(|a||b|) (the angular factor's share):
      *   term = P A;  dterm/da = (P Ka - Q A cos/|a|^2) a + (P Kw + Q A/(|a||b|)) b. */
     for (int gi = 0; gi < pp->n_groups; gi++) {
         const group_t *gr = &pp->group[gi];
-        const double eta = pl->eta[gr->ie], ea = w->ea[gr->ie * cap + j];
-        const double fa = w->fc[gr->ic * cap + j], dfar = w->dfcr[gr->ic * cap + j];
-        const double *restrict fb = w->fb + gr->ic * cap, *restrict eb = w->eb + gr->ie * cap;
+        const double eta = pl->eta[gr->ie];
         double *restrict A = w->grp + (5 * gi) * cap, *restrict Ka = A + cap, *restrict Kw = A + 2 * cap;
         double *restrict Aca = A + 3 * cap, *restrict Acw = A + 4 * cap;
         if (gr->kind == 4) {
-            const double *restrict fcjk = w->s_fc + gr->fc_slot * sc + s0;
-            const double *restrict dfcjk = w->s_dfc + gr->fc_slot * sc + s0;
-            const double *restrict ec = w->s_ec + gr->ec_slot * sc + s0;
+            const double *restrict Fp = w->fcut + 3 * gr->fc_slot * cap;
+            const double *restrict Gk = Fp + cap, *restrict Hk = Fp + 2 * cap;
+            const double *restrict E = w->s_ec + gr->ec_slot * sc + s0;
             if (!deriv)
-                for (int n = 0; n < nap; n++) A[n] = (ea * eb[n] * ec[n]) * (fa * fb[n] * fcjk[n]);
+                for (int n = 0; n < nap; n++) A[n] = E[n] * Fp[n];
             else
                 for (int n = 0; n < nap; n++) {
-                    const double f2 = fa * fb[n], fp = f2 * fcjk[n];
-                    const double e = ea * eb[n] * ec[n], an = e * fp;
+                    const double e = E[n], an = e * Fp[n];
                     A[n] = an;
-                    Ka[n] = e * (-4.0 * eta * fp + dfar * fb[n] * fcjk[n] + f2 * dfcjk[n]);
-                    Kw[n] = e * (2.0 * eta * fp - f2 * dfcjk[n]);
-                    Aca[n] = an * (cs[n] * ira * ira);
-                    Acw[n] = an * (ira * irb[n]);
+                    Ka[n] = e * (-4.0 * eta * Fp[n] + Gk[n]);
+                    Kw[n] = e * (2.0 * eta * Fp[n] - Hk[n]);
+                    Aca[n] = an * ca[n];
+                    Acw[n] = an * cw[n];
                 }
-        } else {
+        } else { /* G5: E = exp(-eta (R_ij^2 + R_ik^2)), no fc(R_jk) */
+            const double ea = w->ea[gr->ie * cap + j];
+            const double fa = w->fc[gr->ic * cap + j], dfar = w->dfcr[gr->ic * cap + j];
+            const double *restrict fb = w->fb + gr->ic * cap, *restrict eb = w->eb + gr->ie * cap;
             if (!deriv)
                 for (int n = 0; n < nap; n++) A[n] = (ea * eb[n]) * (fa * fb[n]);
             else
@@ -759,8 +790,8 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
                     A[n] = an;
                     Ka[n] = e * (-2.0 * eta * f2 + dfar * fb[n]);
                     Kw[n] = 0.0;
-                    Aca[n] = an * (cs[n] * ira * ira);
-                    Acw[n] = an * (ira * irb[n]);
+                    Aca[n] = an * ca[n];
+                    Acw[n] = an * cw[n];
                 }
         }
     }
