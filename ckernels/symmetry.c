@@ -19,8 +19,9 @@
  *  - all partners of a neighbour j ("row") are first compacted to the triplets
  *    that can contribute (when there is no G5, R_jk >= every G4 cutoff gives 0:
  *    about half of them), into "slots" (see work_t);
- *  - what depends on a triplet symmetrically (cos, R_jk^2 terms) is computed
- *    once, by the row j < k, and copied into row k's slot;
+ *  - what depends on a triplet symmetrically (cos, fc(R_jk) and its derivative,
+ *    exp(-eta (R_ij^2 + R_ik^2 + R_jk^2))) is computed once, by the row j < k,
+ *    and copied into row k's slot;
  *  - G depends on the pair vectors a = R_ij, b = R_ik only through |a|, |b| and
  *    a.b, so dG/da = Ua a + W b with two scalars. With derivatives each row
  *    visits all its partners (each triplet from both ends) and sums its own Ua
@@ -66,6 +67,9 @@ static inline double vsum(vec v) { return v; }
 #endif
 static inline vec vload(const double *p) { vec v; memcpy(&v, p, sizeof v); return v; }
 static inline vec vzero(void) { vec v = {0}; return v; }
+#if LANES % VW != 0
+#error "LANES must be a multiple of the vector width VW"
+#endif
 
 int gm_max_threads(void) {
 #ifdef _OPENMP
@@ -379,7 +383,8 @@ typedef struct {
     double *fc, *dfc, *dfcr, *ea; /* [n_rc][cap] fc, dfc, dfc/r; [n_eta][cap] exp(-eta r^2) */
     /* Slots: every row j's partners k, compacted, one segment per (j, element of
      * k) padded to LANES, with what depends on the triplet symmetrically: cos,
-     * fc(R_jk), dfc(R_jk)/R_jk per G4 cutoff, exp(-eta R_jk^2) per G4 eta. */
+     * fc(R_jk), dfc(R_jk)/R_jk per G4 cutoff, exp(-eta (R_ij^2 + R_ik^2 + R_jk^2))
+     * per G4 eta. */
     long slot_cap;
     int *part;                          /* [slot] partner k, -1 for padding */
     /* [j * n_types + t]: first slot, number of partners, of which k < j, next k < j slot to fill */
