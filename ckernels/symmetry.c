@@ -637,11 +637,15 @@ static void row_segment(int j, int seg, const pair_plan *pp, const plan_t *pl, w
     }
     for (int n = na; n < nap; n++) bx[n] = by[n] = bz[n] = irb[n] = 0.0;
 
-    /* Symmetric factors of the triplets with k > j. */
-    double *restrict cs = w->s_cos + s0, *restrict rjk2 = w->tmp;
+    /* Symmetric factors of the triplets with k > j. cos is rounded as a direct
+     * evaluation would, a.b (1 / (|a| |b|)): functions with zeta < 1 have a
+     * derivative singular at cos = +-1 that amplifies any difference. */
+    double *restrict cs = w->s_cos + s0, *restrict rjk2 = w->tmp, *restrict rb = w->geo;
+    const double ra = w->r[j];
+    for (int n = lo; n < na; n++) rb[n] = w->r[part[n]];
     for (int n = lo; n < na; n++) {
         const double cx = bx[n] - ax, cy = by[n] - ay, cz = bz[n] - az;
-        cs[n] = (ax * bx[n] + ay * by[n] + az * bz[n]) * ira * irb[n];
+        cs[n] = (ax * bx[n] + ay * by[n] + az * bz[n]) * (1.0 / (ra * rb[n]));
         rjk2[n] = cx * cx + cy * cy + cz * cz;
     }
     for (int t = 0; t < pp->n_fc; t++) {
