@@ -113,7 +113,9 @@ def torch_acsf(torch, vectors, first, centre, pa, pb, n_atoms: int, cutoff: floa
     return torch.stack(cols, 1)
 
 
-def torch_rows(n_atoms: int, threads: int, repeat: int, budget: float, check: bool) -> dict:
+def torch_rows(n_atoms: int, threads: int, repeat: int, budget: float, check: bool = False) -> dict:
+    """Timings of the torch implementation; with check, compare it with the C kernel
+    instead (and return nothing)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -159,6 +161,7 @@ def torch_rows(n_atoms: int, threads: int, repeat: int, budget: float, check: bo
               f"sum(G W) gradient {err_w:.1e} (relative to the largest entry)", file=sys.stderr)
         if max(err_v, err_d, err_w) > 1e-8:
             raise SystemExit("torch and C disagree beyond 1e-8: not timing")
+        return {}
     out["torch: values"] = best_of(values, repeat, budget)
     out["torch: values + grad of sum(G W) (autograd)"] = best_of(vjp, repeat, budget)
     if n_atoms <= 512:
@@ -173,6 +176,8 @@ def child(threads: int, sizes: list[int], repeat: int, budget: float, dscribe: b
     sf = SymmetryFunctions.default(["Si"])
     table = sf.tables["Si"]
     results: dict[str, dict[int, float]] = {}
+    if torch_ok:  # torch must agree with the C kernel on Si64 before it is timed
+        torch_rows(64, threads, repeat, budget, check=True)
 
     def put(row, n, ms):
         results.setdefault(row, {})[n] = ms
@@ -206,7 +211,7 @@ def child(threads: int, sizes: list[int], repeat: int, budget: float, dscribe: b
                 put("DScribe ACSF: derivatives (numerical, n_jobs=1)", n,
                     best_of(lambda: acsf.derivatives(atoms, method="numerical", attach=True, n_jobs=1), 1, budget))
         if torch_ok:
-            for row, ms in torch_rows(n, threads, repeat, budget, check=(n == 64)).items():
+            for row, ms in torch_rows(n, threads, repeat, budget).items():
                 if "triplet list" in row and threads > 1:
                     continue
                 put(row + (f" ({threads} threads)" if threads > 1 else ""), n, ms)
