@@ -28,6 +28,15 @@ COVARIANCES = ("adaptive", "isotropic")
 log = logging.getLogger("gmetad.bias")
 
 
+def _check_finite(atoms: Atoms) -> None:
+    """A clear error for NaN or infinite positions or cell (checked even when no hill acts)."""
+    if not np.all(np.isfinite(atoms.positions)):
+        bad = int(np.argwhere(~np.isfinite(atoms.positions))[0, 0])
+        raise ValueError(f"position of atom {bad} is not finite: {atoms.positions[bad]}")
+    if not np.all(np.isfinite(atoms.cell.array)):
+        raise ValueError(f"the cell is not finite: {atoms.cell.array.tolist()}")
+
+
 class GMetaDBias:
     """Metadynamics bias in atom-centred symmetry-function space.
 
@@ -124,7 +133,12 @@ class GMetaDBias:
     # -- evaluation ---------------------------------------------------------
     def energy_forces(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
         """Bias energy (eV), forces (N, 3) eV/A and virial (3, 3) eV at ``atoms``."""
-        return self._evaluate(atoms, self._descriptors(atoms))
+        _check_finite(atoms)
+        return self._evaluate(atoms, self._descriptors(atoms) if self._acting() else None)
+
+    def _acting(self) -> bool:
+        """Whether any hill acts on any atom (else the symmetry functions are not needed)."""
+        return any(c > 0 and len(self.hills[e]) for e, c in self.species.items())
 
     def _descriptors(self, atoms: Atoms) -> Descriptors:
         """Symmetry functions of the biased atoms only (c_e > 0): the others cost nothing."""
@@ -140,15 +154,18 @@ class GMetaDBias:
                 energies[species == k] = self.species[e] * self.hills[e].evaluate(values[e], False)[0]
         return energies
 
-    def _evaluate(self, atoms: Atoms, desc: Descriptors) -> tuple[float, np.ndarray, np.ndarray]:
+    def _evaluate(self, atoms: Atoms, desc: Descriptors | None) -> tuple[float, np.ndarray, np.ndarray]:
+        """Hills (when ``desc`` is given) plus walls."""
         energy = 0.0
-        gradients = {}
-        for e, coefficient in self.species.items():
-            if coefficient > 0 and len(self.hills[e]) and len(desc.values[e]):
-                v, dv, _ = self.hills[e].evaluate(desc.values[e])
-                energy += coefficient * float(v.sum())
-                gradients[e] = coefficient * dv
-        forces, virial = desc.forces_virial(gradients)
+        forces, virial = np.zeros((len(atoms), 3)), np.zeros((3, 3))
+        if desc is not None:
+            gradients = {}
+            for e, coefficient in self.species.items():
+                if coefficient > 0 and len(self.hills[e]) and len(desc.values[e]):
+                    v, dv, _ = self.hills[e].evaluate(desc.values[e])
+                    energy += coefficient * float(v.sum())
+                    gradients[e] = coefficient * dv
+            forces, virial = desc.forces_virial(gradients)
         wall_energy = 0.0
         for wall in self.walls:
             e_w, f_w, v_w = wall.energy_forces(atoms)
@@ -162,9 +179,11 @@ class GMetaDBias:
         """The per-MD-step entry point: energy, forces and virial at ``atoms`` (as
         :meth:`energy_forces`), then a deposition when the step is a positive
         multiple of ``stride``. The returned forces are those before the deposition."""
-        desc = self._descriptors(atoms)
+        _check_finite(atoms)
+        deposit = self.deposits_at(self.step_count)
+        desc = self._descriptors(atoms) if deposit or self._acting() else None
         result = self._evaluate(atoms, desc)
-        if self.deposits_at(self.step_count):
+        if deposit:
             self._deposit(desc)
         self.step_count += 1
         return result
