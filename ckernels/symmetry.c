@@ -913,7 +913,8 @@ int gm_symmetry_functions(int n_centres, const int *centres, const int *types,
         const long np = pair_offset[centres[c] + 1] - pair_offset[centres[c]];
         if (np > max_np) max_np = np;
     }
-#pragma omp parallel
+    /* a few centres (one adsorbate) cost less than waking threads */
+#pragma omp parallel if (n_centres >= 8)
     {
         work_t w;
         const int ok = work_alloc(&w, &plan, max_np) == GM_OK;
