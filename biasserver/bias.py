@@ -134,9 +134,9 @@ class GMetaDBias:
     def energy_forces(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
         """Bias energy (eV), forces (N, 3) eV/A and virial (3, 3) eV at ``atoms``."""
         _check_finite(atoms)
-        return self._evaluate(atoms, self._descriptors(atoms) if self._acting() else None)
+        return self._evaluate(atoms, self._descriptors(atoms) if self.acting() else None)
 
-    def _acting(self) -> bool:
+    def acting(self) -> bool:
         """Whether any hill acts on any atom (else the symmetry functions are not needed)."""
         return any(c > 0 and len(self.hills[e]) for e, c in self.species.items())
 
@@ -181,7 +181,7 @@ class GMetaDBias:
         multiple of ``stride``. The returned forces are those before the deposition."""
         _check_finite(atoms)
         deposit = self.deposits_at(self.step_count)
-        desc = self._descriptors(atoms) if deposit or self._acting() else None
+        desc = self._descriptors(atoms) if deposit or self.acting() else None
         result = self._evaluate(atoms, desc)
         if deposit:
             self._deposit(desc)

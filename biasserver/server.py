@@ -66,7 +66,9 @@ class ReferencePool:
         while True:
             conn = self._connected_client()
             try:
-                role = ServerRole(conn, compute_timeout=self.compute_timeout)
+                # POSDATA then GETFORCE with no STATUS poll in between, as i-PI does by
+                # default: every force client handles it, and it saves a round trip
+                role = ServerRole(conn, compute_timeout=self.compute_timeout, status_after_posdata=False)
                 result = role.evaluate(positions, bead=bead, init_string=init_string)
                 if result.natoms != self.natoms:
                     raise ProtocolError(f"FORCEREADY: {result.natoms} atoms, expected {self.natoms}",
@@ -105,6 +107,7 @@ class BiasServer:
         self.bias = bias
         self.template = template
         self.natoms = len(template)
+        self._work_atoms = template.copy()
         self.ipi_address = ipi_address
         self.recorder = recorder
         self.connect_timeout = connect_timeout
@@ -143,9 +146,11 @@ class BiasServer:
         return last.positions
 
     def _atoms(self, positions: Positions) -> Atoms:
-        atoms = self.template.copy()
-        atoms.set_cell(positions.cell, scale_atoms=False)
-        atoms.set_positions(positions.positions)
+        """The template at this step's cell and positions (one Atoms object, reused:
+        the bias keeps no reference to it between calls)."""
+        atoms = self._work_atoms
+        atoms.cell.array[:] = positions.cell
+        atoms.positions[:] = positions.positions
         return atoms
 
     def _bias_terms(self, atoms: Atoms):
@@ -215,12 +220,17 @@ class BiasServer:
         if repeat:   # i-PI re-sent the step whose frame was recorded before the restart
             self.step -= 1
             log.info("step %d repeats the last recorded frame (restart): not recorded twice", self.step)
-        pending = executor.submit(self.pool.evaluate, positions, self.step,
-                                  ipi.init_bead or 0, ipi.init_string or "")
-        try:
-            bias_energy, bias_forces, bias_virial = self._bias_terms(atoms)   # meanwhile
-        finally:
-            reference = pending.result()
+        reference_args = (positions, self.step, ipi.init_bead or 0, ipi.init_string or "")
+        if self.bias is None or not (self.bias.walls or self.bias.acting()):
+            # nothing to overlap with: no thread hand-off on the relay's critical path
+            bias_energy, bias_forces, bias_virial = self._bias_terms(atoms)
+            reference = self.pool.evaluate(*reference_args)
+        else:
+            pending = executor.submit(self.pool.evaluate, *reference_args)
+            try:
+                bias_energy, bias_forces, bias_virial = self._bias_terms(atoms)   # meanwhile
+            finally:
+                reference = pending.result()
         # hills only once the reference is in: a server killed while it waits for
         # the reference restarts without this step's hills and redoes it exactly
         self._deposit(atoms)
