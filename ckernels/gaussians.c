@@ -238,7 +238,12 @@ int gm_gaussian_sum(int n_query, int dim, const double *query, int n_hills,
         return GM_EINVAL;
     long total = 0;
     int failed = 0;
-#pragma omp parallel reduction(+ : total)
+    /* Threads only pay off for large sums; small ones (one biased atom, few
+     * hills) lose more to waking and spinning threads than they gain, all the
+     * more on a machine shared with i-PI and the force engine. Results do not
+     * depend on the number of threads. */
+    const int parallel = (double)n_query * n_hills * dim * (inv_cov ? dim : 1) > 2.0e6;
+#pragma omp parallel reduction(+ : total) if (parallel)
     {
         int n_threads = 1;
 #ifdef _OPENMP
