@@ -48,7 +48,7 @@ from ase import units  # noqa: E402
 from ase.build import bulk  # noqa: E402
 
 from biasserver.bias import GMetaDBias  # noqa: E402
-from biasserver.hills import DEFAULT_PRUNE_TOLERANCE, HillSet  # noqa: E402
+from biasserver.hills import DEFAULT_PRUNE_TOLERANCE, HillSet, kd_leaves  # noqa: E402
 from biasserver.symmetry import SymmetryFunctions  # noqa: E402
 
 ELEMENT = "Si"
@@ -215,21 +215,6 @@ def mahalanobis2(queries, centres, metrics, adaptive: bool, chunk: int = 2000) -
         else:
             out[:, a:b] = metrics * np.einsum("sqd,sqd->qs", diff, diff)
     return out
-
-
-def kd_leaves(points: np.ndarray, leaf: int) -> list[np.ndarray]:
-    """Leaves of recursive median splits along the widest coordinate (as HillSet.blocks)."""
-    leaves, stack = [], [np.arange(len(points))]
-    while stack:
-        idx = stack.pop()
-        if len(idx) <= leaf:
-            leaves.append(idx)
-            continue
-        p = points[idx]
-        order = np.argsort(p[:, int(np.argmax(p.max(axis=0) - p.min(axis=0)))], kind="stable")
-        half = len(idx) // 2
-        stack += [idx[order[half:]], idx[order[:half]]]
-    return leaves
 
 
 def whitened_block_bound(centres, metrics, queries, q_cut: float, leaves):

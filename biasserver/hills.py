@@ -34,6 +34,25 @@ def metric_lower_bound(metric: np.ndarray) -> float:
     return max(0.0, smallest - 1e-12 * float(np.abs(metric).max()))
 
 
+def kd_leaves(points: np.ndarray, leaf_size: int) -> list[np.ndarray]:
+    """Index sets of the leaves of recursive median splits along the coordinate of
+    largest spread (a k-d tree's leaves), each of at most ``leaf_size`` points, in
+    a deterministic order."""
+    leaves, stack = [], [np.arange(len(points))]
+    while stack:
+        idx = stack.pop()
+        if len(idx) <= leaf_size:
+            leaves.append(idx)
+            continue
+        sub = points[idx]
+        axis = int(np.argmax(sub.max(axis=0) - sub.min(axis=0)))
+        order = np.argsort(sub[:, axis], kind="stable")
+        half = len(idx) // 2
+        stack.append(idx[order[half:]])
+        stack.append(idx[order[:half]])
+    return leaves
+
+
 class HillSet:
     """The hills of one element, with D-dimensional centres.
 
@@ -140,19 +159,7 @@ class HillSet:
         """
         if self._blocks is None and self.q_cut > 0:
             centres = self.centres
-            leaves = []
-            stack = [np.arange(self._n)]
-            while stack:
-                idx = stack.pop()
-                if len(idx) <= BLOCK_SIZE:
-                    leaves.append(idx)
-                    continue
-                points = centres[idx]
-                axis = int(np.argmax(points.max(axis=0) - points.min(axis=0)))
-                order = np.argsort(points[:, axis], kind="stable")
-                half = len(idx) // 2
-                stack.append(idx[order[half:]])
-                stack.append(idx[order[:half]])
+            leaves = kd_leaves(centres, BLOCK_SIZE)
             order = np.concatenate(leaves).astype(np.int32)
             start = np.zeros(len(leaves) + 1, dtype=np.int32)
             np.cumsum([len(leaf) for leaf in leaves], out=start[1:])
