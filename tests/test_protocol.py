@@ -550,8 +550,7 @@ def test_server_role_against_ipi_driver_py(kind):
     import shutil
 
     exe = shutil.which("i-pi-driver-py")
-    if exe is None:
-        pytest.skip("i-pi-driver-py not installed")
+    assert exe is not None, "i-pi-driver-py (installed with the ipi package) is not on PATH"
     k = 0.37
     if kind == "unix":
         name = unique_socket_name("drvpy")
