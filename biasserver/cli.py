@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 import numpy as np
@@ -52,6 +53,9 @@ def cmd_serve(args) -> int:
     # The server shares the machine with i-PI and the force engine: one kernel
     # thread unless the user asks for more (read when the C library loads).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # SIGTERM (gmetad run's stop, a batch system) ends the server between two
+    # bytecodes, never inside a frame or hill write, and still closes the files
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     from .config import load
     config = load(args.config)
     if args.mode:
@@ -63,19 +67,11 @@ def cmd_serve(args) -> int:
 
 
 def cmd_driver(args) -> int:
-    from ase.io import read
+    from drivers.client import main as driver_main
 
-    from drivers.calculators import make_calculator
-    from drivers.client import run_driver
-
-    kwargs = json.loads(args.kwargs)
-    if not isinstance(kwargs, dict):
-        raise SystemExit("gmetad driver: --kwargs must be a JSON object")
-    calculator = make_calculator(args.calculator, **kwargs)
-    served = run_driver(calculator, read(args.structure), args.address,
-                        connect_timeout=args.connect_timeout, reinit_each_step=args.reinit_each_step)
-    log.info("driver served %d evaluations", served)
-    return 0
+    argv = ["--calculator", args.calculator, "--structure", args.structure, "--address", args.address,
+            "--kwargs", args.kwargs, "--connect-timeout", str(args.connect_timeout)]
+    return driver_main(argv + (["--reinit-each-step"] if args.reinit_each_step else []))
 
 
 def cmd_hills(args) -> int:
