@@ -100,7 +100,7 @@ def cmd_hills(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gmetad", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="gmetad", description="G-metaD bias server for i-PI: metadynamics on atom-centred symmetry functions")
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     sub = parser.add_subparsers(dest="command", required=True)
 
