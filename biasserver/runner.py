@@ -103,7 +103,10 @@ class Run:
             raise RunFailed(f"{self.config.path}: 'run.driver' is not set: no force client to start")
         fields = {"address": f"unix:{self.ref_socket}", "socket": self.ref_socket,
                   "structure": self.config.structure, "dir": self.example}
-        self._start("driver", [w.format(**fields) for w in shlex.split(driver)])
+        argv = [w.format(**fields) for w in shlex.split(driver)]
+        if argv[0] == "gmetad":   # this very installation, whatever PATH holds
+            argv = [sys.executable, "-m", "biasserver.cli"] + argv[1:]
+        self._start("driver", argv)
 
     def _wait_for_socket(self, name: str, socket_name: str, seconds: float = 60) -> None:
         path = parse_address(f"unix:{socket_name}").path
