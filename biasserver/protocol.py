@@ -493,14 +493,18 @@ def encode_forceready(result: ForceResult) -> bytes:
 _Read = Callable[[int, str], bytes]
 
 
+def _utf8(raw: bytes, word: str, what: str) -> str:
+    """Decode a message's text field, or raise InvalidMessageError naming it."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidMessageError(f"{word}: {what} not valid UTF-8 ({exc})", word) from None
+
+
 def _decode_init(read: _Read) -> InitData:
     bead, n = struct.unpack("<ii", read(8, "INIT"))
     _check_length("INIT", "init string", n, MAX_INIT_BYTES)
-    raw = read(n, "INIT") if n else b""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidMessageError(f"INIT: init string is not valid UTF-8 ({exc})", "INIT") from None
+    text = _utf8(read(n, "INIT") if n else b"", "INIT", "init string is")
     return InitData(int(bead), text)
 
 
@@ -530,11 +534,7 @@ def _decode_forceready(read: _Read, natoms: Optional[int]) -> ForceResult:
     _check_finite("FORCEREADY", "virial", vir)
     (m,) = _I32.unpack_from(body, 24 * n + 72)
     _check_length("FORCEREADY", "extras", m, MAX_EXTRAS_BYTES)
-    raw = read(m, "FORCEREADY") if m else b""
-    try:
-        extras = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidMessageError(f"FORCEREADY: extras are not valid UTF-8 ({exc})", "FORCEREADY") from None
+    extras = _utf8(read(m, "FORCEREADY") if m else b"", "FORCEREADY", "extras are")
     return ForceResult(
         energy=float(units.energy_to_ev(e)),
         forces=units.force_to_ev_per_angstrom(f),
