@@ -24,6 +24,8 @@ from .units import KB
 from .walls import wall_from_dict
 
 COVARIANCES = ("adaptive", "isotropic")
+#: conventions for J in the adaptive covariance (see GMetaDBias)
+JACOBIANS = ("folded", "images")
 
 log = logging.getLogger("gmetad.bias")
 
@@ -52,6 +54,12 @@ class GMetaDBias:
     covariance: "adaptive" (S = sigma^2 J J^T + reg * lambda_max * I) or "isotropic"
         (S = sigma_G^2 I).
     regularization: reg, caps the condition number of adaptive covariances.
+    jacobian: the columns of J in the adaptive covariance. "folded" (default): the
+        physical Jacobian, periodic images of an atom summed onto the atom;
+        "images": every periodic image within the cutoff is a column of its own,
+        as with the ghost atoms of the method's original LAMMPS code (reproduces
+        its hills). They differ only in cells narrower than twice the cutoff;
+        forces are exact derivatives of the bias either way.
     well_tempered: bias temperature Delta T in K: a new hill's height is
         h exp(-U(G_i) / (k_B Delta T)); None for plain metadynamics.
     compression: Mahalanobis distance below which a new hill is merged into the
@@ -64,7 +72,8 @@ class GMetaDBias:
 
     def __init__(self, symmetry_functions: SymmetryFunctions, height: float, width: float,
                  stride: int, species: Mapping[str, float], covariance: str = "adaptive",
-                 regularization: float = 1e-4, well_tempered: float | None = None,
+                 regularization: float = 1e-4, jacobian: str = "folded",
+                 well_tempered: float | None = None,
                  compression: float | None = None, walls: Sequence | None = None,
                  prune_tolerance: float = DEFAULT_PRUNE_TOLERANCE,
                  hills_file: str | os.PathLike | None = None):
@@ -78,6 +87,8 @@ class GMetaDBias:
             raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
         if not 0 < regularization < 1:
             raise ValueError(f"regularization must be in (0, 1), got {regularization}")
+        if jacobian not in JACOBIANS:
+            raise ValueError(f"jacobian must be one of {JACOBIANS}, got {jacobian!r}")
         if well_tempered is not None and not well_tempered > 0:
             raise ValueError(f"well_tempered (bias temperature) must be > 0 K, got {well_tempered}")
         if compression is not None and not compression > 0:
@@ -94,6 +105,7 @@ class GMetaDBias:
         self.height, self.width, self.stride = float(height), float(width), int(stride)
         self.species = {e: float(species.get(e, 0.0)) for e in symmetry_functions.elements}
         self.covariance, self.regularization = covariance, float(regularization)
+        self.jacobian = jacobian
         self.well_tempered = None if well_tempered is None else float(well_tempered)
         self.compression = None if compression is None else float(compression)
         self.walls = [wall_from_dict(w) if isinstance(w, dict) else w for w in (walls or [])]
@@ -118,7 +130,8 @@ class GMetaDBias:
         """The bias parameters, as stored in a hills file header."""
         return {"height": self.height, "width": self.width, "stride": self.stride,
                 "species": self.species, "covariance": self.covariance,
-                "regularization": self.regularization, "well_tempered": self.well_tempered,
+                "regularization": self.regularization, "jacobian": self.jacobian,
+                "well_tempered": self.well_tempered,
                 "compression": self.compression, "prune_tolerance": self.prune_tolerance,
                 "walls": [w.to_dict() for w in self.walls]}
 
@@ -232,7 +245,7 @@ class GMetaDBias:
         None when the centre has no neighbour (its G cannot move: no adaptive hill)."""
         if self.covariance == "isotropic":
             return 1.0 / self.width**2
-        _, jac = desc.jacobian(element, centre)
+        _, jac = desc.jacobian(element, centre, images=self.jacobian == "images")
         jac = jac.reshape(jac.shape[0], -1)
         cov = self.width**2 * (jac @ jac.T)
         eigval, eigvec = np.linalg.eigh(0.5 * (cov + cov.T))

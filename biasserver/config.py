@@ -15,6 +15,8 @@ to the YAML file)::
       species: {H: 1.0, Pt: 0.0}
       covariance: adaptive         # or isotropic
       regularization: 1.0e-4
+      jacobian: folded             # or images: periodic images as separate columns of J,
+                                   # as the original LAMMPS code (cells < 2 cutoffs)
       well_tempered: null          # bias temperature in K
       compression: null            # Mahalanobis merge threshold
       walls: []                    # [{kind: height, ...}, {kind: distance, ...}]
@@ -48,7 +50,7 @@ from typing import Any
 
 import yaml
 
-from .bias import COVARIANCES, GMetaDBias
+from .bias import COVARIANCES, JACOBIANS, GMetaDBias
 from .symmetry import SymmetryFunctions
 
 
@@ -64,6 +66,7 @@ class BiasSettings:
     species: dict = field(default_factory=dict)
     covariance: str = "adaptive"
     regularization: float = 1e-4
+    jacobian: str = "folded"
     well_tempered: float | None = None
     compression: float | None = None
     walls: list = field(default_factory=list)
@@ -151,7 +154,7 @@ class RunConfig:
     def _bias_kwargs(self) -> dict:
         b = self.bias
         return dict(height=b.height, width=b.width, stride=b.stride, species=b.species,
-                    covariance=b.covariance, regularization=b.regularization,
+                    covariance=b.covariance, regularization=b.regularization, jacobian=b.jacobian,
                     well_tempered=b.well_tempered, compression=b.compression, walls=b.walls,
                     prune_tolerance=b.prune_tolerance)
 
@@ -239,6 +242,8 @@ def load(path: str | os.PathLike) -> RunConfig:
         raise ConfigError(f"{path}: 'server.mode' must be 'proxy' or 'bias', got {server.mode!r}")
     if bias.covariance not in COVARIANCES:
         raise ConfigError(f"{path}: 'bias.covariance' must be one of {COVARIANCES}, got {bias.covariance!r}")
+    if bias.jacobian not in JACOBIANS:
+        raise ConfigError(f"{path}: 'bias.jacobian' must be one of {JACOBIANS}, got {bias.jacobian!r}")
     bias.hills_file = resolve(bias.hills_file)
     recorder.path = resolve(recorder.path)
 

@@ -26,6 +26,10 @@ of its element (times the element's coefficient). Numbers are written with
 Python's shortest round-trip repr, so a loaded bias is bit-identical to the
 saved one. Records are appended whole, flushed and fsync'ed; a crash can leave
 at most a final line without its newline, which the reader ignores.
+
+The ``bias`` line holds every bias parameter, the covariance convention
+``jacobian`` ("folded" or "images") included; a key missing from an older file
+takes its default ("folded"), which is what that file was written with.
 """
 from __future__ import annotations
 

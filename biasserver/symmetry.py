@@ -120,16 +120,29 @@ class Descriptors:
             virial -= w.T @ self.neighbours.vectors[pairs]
         return forces, virial
 
-    def jacobian(self, element: str, centre: int) -> tuple[np.ndarray, np.ndarray]:
+    def jacobian(self, element: str, centre: int, images: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Dense dG/dr of one centre (the ``centre``-th atom of ``element``).
 
-        Returns (atoms (M,), J (F_e, M, 3)): the distinct atoms G depends on (the
-        centre first) and dG_f/dr_{atoms[m],k} in 1/angstrom, images folded.
+        Returns (atoms (M,), J (F_e, M, 3)) with J in 1/angstrom, the centre first.
+
+        images=False (the physical Jacobian): one column block per distinct atom G
+        depends on; the rows of all periodic images of an atom are summed, and
+        images of the centre itself fold onto the centre.
+
+        images=True (the ghost-atom convention of LAMMPS codes): the centre with
+        its images held fixed, -(sum of all pair rows), then one block per
+        neighbour-list entry, so every periodic image of an atom, the centre's own
+        images included, is a column block of its own (``atoms`` then repeats
+        indices). Both agree when no atom has two images within the cutoff (all
+        cell widths at least twice the cutoff).
         """
         rows = np.flatnonzero(self.pair_centre[element] == centre)
         deriv = self.derivatives[element][rows]
         neighbour = self.neighbours.second[self.pair_index[element][rows]]
         atom = int(self.indices[element][centre])
+        if images:
+            jac = np.concatenate([-deriv.sum(axis=0, keepdims=True), deriv]).transpose(1, 0, 2)
+            return np.concatenate([[atom], neighbour]), np.ascontiguousarray(jac)
         atoms, inverse = np.unique(np.concatenate([[atom], neighbour]), return_inverse=True)
         jac = np.zeros((deriv.shape[1], len(atoms), 3))
         np.add.at(jac, (slice(None), inverse[1:]), deriv.transpose(1, 0, 2))
