@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
@@ -29,6 +31,33 @@ POLL_SECONDS = 0.2
 
 class RunFailed(RuntimeError):
     """One of the processes of a run failed; the message says which and why."""
+
+
+def ipi_command() -> list[str]:
+    """argv prefix that starts i-PI with this interpreter.
+
+    i-PI installs ``i-pi`` as a plain script in the environment's ``bin``; a
+    ``venv/bin/gmetad`` started without an activated environment does not have
+    that folder on PATH, so look beside the interpreter first."""
+    for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        candidate = os.path.join(folder, "i-pi")
+        if os.path.isfile(candidate):
+            return [sys.executable, candidate]
+    found = shutil.which("i-pi")
+    if found is None:
+        raise RunFailed("i-PI is not installed in this environment (no 'i-pi' script beside "
+                        f"{sys.executable} nor on PATH): pip install ipi")
+    return [sys.executable, found]
+
+
+def this_environment(argv: list[str]) -> list[str]:
+    """A command of the YAML run with this installation, whatever PATH holds:
+    ``gmetad ...`` and ``python ...`` become this interpreter's."""
+    if argv and argv[0] == "gmetad":
+        return [sys.executable, "-m", "biasserver.cli"] + argv[1:]
+    if argv and argv[0] in ("python", "python3"):
+        return [sys.executable] + argv[1:]
+    return argv
 
 
 def _socket_name(address: str) -> str:
@@ -93,7 +122,7 @@ class Run:
                                                 start_new_session=True)
 
     def start(self) -> None:
-        self._start("i-pi", ["i-pi", "input.xml"])
+        self._start("i-pi", ipi_command() + ["input.xml"])
         self._wait_for_socket("i-pi", self.ipi_socket)
         self._start("server", [sys.executable, "-m", "biasserver.cli", "serve", "gmetad.yaml"])
         # DFT codes try to connect once and give up: start them when the proxy listens
@@ -103,10 +132,7 @@ class Run:
             raise RunFailed(f"{self.config.path}: 'run.driver' is not set: no force client to start")
         fields = {"address": f"unix:{self.ref_socket}", "socket": self.ref_socket,
                   "structure": self.config.structure, "dir": self.example}
-        argv = [w.format(**fields) for w in shlex.split(driver)]
-        if argv[0] == "gmetad":   # this very installation, whatever PATH holds
-            argv = [sys.executable, "-m", "biasserver.cli"] + argv[1:]
-        self._start("driver", argv)
+        self._start("driver", this_environment([w.format(**fields) for w in shlex.split(driver)]))
 
     def _wait_for_socket(self, name: str, socket_name: str, seconds: float = 60) -> None:
         path = parse_address(f"unix:{socket_name}").path
@@ -241,8 +267,8 @@ def run_example(directory: str, steps: int | None = None, only: str | None = Non
         finally:
             run.stop()
     if config.run.analysis:
-        argv = [w.format(dir=os.path.dirname(config.path), output=output)
-                for w in shlex.split(config.run.analysis)]
+        argv = this_environment([w.format(dir=os.path.dirname(config.path), output=output)
+                                 for w in shlex.split(config.run.analysis)])
         code = subprocess.call(argv, cwd=output)
         if code != 0:
             print(f"gmetad run: the analysis '{config.run.analysis}' exited with code {code}", file=sys.stderr)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
+
+from biasserver.runner import ipi_command
 
 IPI_PREFIX = "/tmp/ipi_"
 
@@ -216,17 +217,6 @@ def write_ipi_input(
     path = workdir / "input.xml"
     path.write_text(xml)
     return path, frame
-
-
-def ipi_command() -> list:
-    """The command that starts i-PI with this interpreter."""
-    exe = shutil.which("i-pi")
-    if exe is None:
-        cand = Path(sys.executable).with_name("i-pi")
-        if not cand.exists():
-            raise RuntimeError("the i-pi command is not installed")
-        exe = str(cand)
-    return [sys.executable, exe]
 
 
 def start_ipi(
