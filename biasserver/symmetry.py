@@ -194,9 +194,11 @@ class SymmetryFunctions:
     def read(cls, files: Mapping[str, str | os.PathLike]) -> "SymmetryFunctions":
         """Read SIMPLE-NN ``params_XX`` files: {element: path}, in type-index order.
 
-        Each non-blank line is ``TYPE I1 I2 RC C1 C2 C3`` (G2: I2 = 0, C1 = eta,
-        C2 = Rs; G4/G5: C1 = eta, C2 = zeta, C3 = lambda); I1, I2 are 1-based
-        indices into the mapping's element order. Lines starting with # are comments.
+        Each non-blank line is ``TYPE I1 I2 RC C1 C2 C3`` (G2: C1 = eta, C2 = Rs,
+        the neighbour element I1, I2 ignored as SIMPLE-NN does, or I2 when I1 is 0;
+        G4/G5: C1 = eta, C2 = zeta, C3 = lambda, I1 and I2 in any order); I1, I2 are
+        1-based indices into the mapping's element order. Lines starting with # are
+        comments.
         """
         elements = [_check_element(e, "params mapping") for e in files]
         tables = {}
@@ -220,10 +222,11 @@ class SymmetryFunctions:
                     if kind not in (2, 4, 5):
                         raise ParameterFileError(f"{where}: symmetry-function type must be 2, 4 or 5, got {kind}")
                     if kind == 2:
-                        idx = [i for i in (i1, i2) if i != 0]
-                        if len(idx) != 1:
-                            raise ParameterFileError(f"{where}: G2 needs exactly one non-zero element index")
-                        i1, i2 = idx[0], 0
+                        # SIMPLE-NN reads a G2's neighbour from I1 and ignores I2; a
+                        # line written as "2 0 I ..." (order swapped) names it in I2
+                        if i1 == 0 and i2 == 0:
+                            raise ParameterFileError(f"{where}: G2 needs a non-zero element index")
+                        i1, i2 = (i1 if i1 != 0 else i2), 0
                     for i in (i1,) if kind == 2 else (i1, i2):
                         if not 1 <= i <= len(elements):
                             raise ParameterFileError(

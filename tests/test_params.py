@@ -125,6 +125,21 @@ def test_potential_saved_blocks_in_any_order(tmp_path):
     np.testing.assert_array_equal(sf.tables["C"], EXPECTED_C)
 
 
+def test_params_g2_second_index_is_ignored(tmp_path):
+    """SIMPLE-NN reads a G2's neighbour from I1 and ignores I2, whatever it holds."""
+    lines = PARAMS["Si"].read_text().splitlines()
+    g2 = [k for k, line in enumerate(lines) if line.split()[0] == "2"]
+    assert g2
+    for k in g2:
+        words = lines[k].split()
+        words[2] = str(k % 3 + 1)      # 1, 2, 3 in turn: same element, other, out of range
+        lines[k] = " ".join(words)
+    path = tmp_path / "params_Si"
+    path.write_text("\n".join(lines) + "\n")
+    sf = SymmetryFunctions.read({"Si": path, "C": PARAMS["C"]})
+    np.testing.assert_array_equal(sf.tables["Si"], EXPECTED_SI)
+
+
 def test_params_comments_and_blank_lines(tmp_path):
     lines = PARAMS["Si"].read_text().splitlines()
     path = tmp_path / "params_Si"
@@ -253,7 +268,7 @@ def _assert_error(excinfo, path, line_no, *words):
     (6, "4 1 1 6.0 0.000357 1.0 0.5", ["lambda"]),                  # lambda must be +-1
     (7, "4 1 2 6.0 0.028569 0.0 1.0", ["zeta"]),
     (2, "2 1 0 6.0 -0.2 0.0 0.0", ["eta"]),
-    (3, "2 1 2 6.0 0.035711 0.0 0.0", ["G2"]),                      # G2 with two indices
+    (3, "2 0 0 6.0 0.035711 0.0 0.0", ["G2"]),                      # G2 without an element
 ])
 def test_params_errors(tmp_path, line_no, line, words):
     files, path = _params_with(tmp_path, line_no, line)
