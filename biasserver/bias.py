@@ -109,6 +109,9 @@ class GMetaDBias:
         self.well_tempered = None if well_tempered is None else float(well_tempered)
         self.compression = None if compression is None else float(compression)
         self.walls = [wall_from_dict(w) if isinstance(w, dict) else w for w in (walls or [])]
+        #: the structure this bias acts on, {"formula": ..., "pbc": [...]}, stored in the
+        #: hills file so that a run refuses hills deposited on another system
+        self.system: dict | None = None
         self.prune_tolerance = float(prune_tolerance)
         self.hills = {e: HillSet(symmetry_functions.size(e), covariance == "adaptive", prune_tolerance)
                       for e in symmetry_functions.elements}
@@ -141,7 +144,8 @@ class GMetaDBias:
 
     def _header(self) -> str:
         return hillsfile.header(self._symmetry_dict(), self.parameters(),
-                                {e: self.symmetry_functions.size(e) for e in self.symmetry_functions.elements})
+                                {e: self.symmetry_functions.size(e) for e in self.symmetry_functions.elements},
+                                self.system)
 
     # -- evaluation ---------------------------------------------------------
     def energy_forces(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:

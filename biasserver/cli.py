@@ -27,13 +27,11 @@ def _setup_logging(level: str) -> None:
 
 def build_server(config, bias_enabled: bool | None = None):
     """The BiasServer a validated RunConfig describes."""
-    from ase.io import read
-
-    from .config import keep_aside
+    from .config import keep_aside, read_structure
     from .recorder import FrameRecorder
     from .server import BiasServer
 
-    template = read(config.structure)
+    template = read_structure(config.structure, config.path)
     enabled = config.bias.enabled if bias_enabled is None else bias_enabled
     bias = config.make_bias(enabled)
     proxy = config.server.mode == "proxy"

@@ -22,6 +22,8 @@ to the YAML file)::
       walls: []                    # [{kind: height, ...}, {kind: distance, ...}]
       hills_file: HILLS
       restart: true                # continue from hills_file when it exists
+      reuse_hills: false           # true: continue from a hills file written by another
+                                   # run (other bias parameters or system); refused otherwise
       enabled: true                # false: no hills (walls stay): plain MD
     server:
       mode: proxy                  # proxy or bias
@@ -44,11 +46,13 @@ Errors name the file and the key at fault.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from ase import Atoms
 
 from .bias import COVARIANCES, JACOBIANS, GMetaDBias
 from .symmetry import SymmetryFunctions
@@ -73,6 +77,7 @@ class BiasSettings:
     prune_tolerance: float = 1e-12
     hills_file: str | None = "HILLS"
     restart: bool = True
+    reuse_hills: bool = False
     enabled: bool = True
 
 
@@ -142,6 +147,7 @@ class RunConfig:
             return GMetaDBias(self.symmetry_functions(), **kwargs)
         hills = self.bias.hills_file
         bias = GMetaDBias(self.symmetry_functions(), **self._bias_kwargs())
+        bias.system = system_of(read_structure(self.structure, self.path))
         if hills and os.path.exists(hills) and os.path.getsize(hills) > 0:
             if self.bias.restart:
                 bias.load_hills(hills)
@@ -157,6 +163,71 @@ class RunConfig:
                     covariance=b.covariance, regularization=b.regularization, jacobian=b.jacobian,
                     well_tempered=b.well_tempered, compression=b.compression, walls=b.walls,
                     prune_tolerance=b.prune_tolerance)
+
+
+def read_structure(structure: str, where: str) -> Atoms:
+    """The structure file ``structure`` as Atoms; a ConfigError naming it (and the
+    configuration ``where`` that refers to it) when it is not a structure."""
+    from ase.io import read
+    try:
+        atoms = read(structure)
+    except Exception as err:   # ASE raises many kinds for files it cannot parse
+        raise ConfigError(f"{where}: 'structure': {structure} is not a structure file ASE can read "
+                          f"({type(err).__name__}: {err})") from None
+    if not isinstance(atoms, Atoms) or len(atoms) == 0:
+        raise ConfigError(f"{where}: 'structure': {structure} holds no atoms")
+    return atoms
+
+
+def system_of(atoms: Atoms) -> dict:
+    """What identifies the system a bias acts on: formula and periodicity."""
+    return {"formula": atoms.get_chemical_formula(), "pbc": [bool(p) for p in atoms.pbc]}
+
+
+def _check_structure(config: "RunConfig", atoms: Atoms, bias: GMetaDBias) -> None:
+    """Errors the server would meet only at step 0: elements without symmetry
+    functions, walls that select atoms or elements the structure lacks."""
+    sf = bias.symmetry_functions
+    missing = sorted(set(atoms.get_chemical_symbols()) - set(sf.elements))
+    if missing:
+        raise ConfigError(f"{config.path}: 'symmetry': element {', '.join(missing)} of {config.structure} "
+                          f"has no symmetry functions (they are defined for {', '.join(sf.elements)})")
+    for k, wall in enumerate(bias.walls):
+        try:
+            wall.check(atoms)
+        except ValueError as err:
+            raise ConfigError(f"{config.path}: 'bias.walls[{k}]' ({wall.kind}): {err} "
+                              f"({config.structure}: {atoms.get_chemical_formula()}, "
+                              f"atoms 0..{len(atoms) - 1})") from None
+
+
+def _check_hills_file(config: "RunConfig", atoms: Atoms, bias: GMetaDBias) -> None:
+    """Refuse a hills file to be continued that another run wrote: other bias
+    parameters, symmetry functions or system (unless ``bias.reuse_hills``)."""
+    from .hillsfile import HillsFileError, read
+    path = config.bias.hills_file
+    if not (config.bias.enabled and config.bias.restart and path and os.path.exists(path)
+            and os.path.getsize(path) > 0):
+        return
+    try:
+        content = read(path, header_only=True)
+    except (HillsFileError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{config.path}: 'bias.hills_file': {err}") from None
+    differences = []
+    if content.symmetry != json.loads(json.dumps(bias._symmetry_dict())):
+        differences.append("the symmetry functions")
+    ours = json.loads(json.dumps(bias.parameters()))
+    for key, value in ours.items():
+        # walls and the pruning tolerance shape no hill: a restart may change them
+        if key not in ("walls", "prune_tolerance") and key in content.bias and content.bias[key] != value:
+            differences.append(f"bias.{key} is {content.bias[key]!r} there, {value!r} here")
+    if content.system is not None and content.system != system_of(atoms):
+        differences.append(f"it was deposited on {content.system['formula']}, this run is "
+                           f"{system_of(atoms)['formula']}")
+    if differences and not config.bias.reuse_hills:
+        raise ConfigError(f"{config.path}: 'bias.hills_file' {path} was written by another run: "
+                          f"{'; '.join(differences)}. Move it away, set 'bias.restart: false' to keep it "
+                          f"aside and start afresh, or 'bias.reuse_hills: true' to continue from it anyway")
 
 
 def keep_aside(path: str) -> str:
@@ -221,6 +292,7 @@ def load(path: str | os.PathLike) -> RunConfig:
     structure = resolve(raw["structure"])
     if not os.path.exists(structure):
         raise ConfigError(f"{path}: 'structure': file {structure} not found")
+    atoms = read_structure(structure, path)
 
     symmetry = raw.get("symmetry") or {"default": {}}
     if not isinstance(symmetry, dict) or len(symmetry) != 1 or \
@@ -248,17 +320,18 @@ def load(path: str | os.PathLike) -> RunConfig:
     recorder.path = resolve(recorder.path)
 
     if "default" in symmetry:
-        from ase.io import read
         spec = dict(symmetry["default"] or {})
         if "elements" not in spec:
-            spec["elements"] = sorted(set(read(structure).get_chemical_symbols()))
+            spec["elements"] = sorted(set(atoms.get_chemical_symbols()))
         symmetry = {"default": spec}
     config = RunConfig(path, structure, symmetry, bias, server, recorder, run)
     try:
         sf = config.symmetry_functions()
-        GMetaDBias(sf, **config._bias_kwargs())
+        checked = GMetaDBias(sf, **config._bias_kwargs())
     except (ValueError, KeyError, TypeError, OSError) as err:
         raise ConfigError(f"{path}: {err}") from None
+    _check_structure(config, atoms, checked)
+    _check_hills_file(config, atoms, checked)
     return config
 
 

@@ -6,6 +6,7 @@ Format (version 1). Header lines start with ``#!``::
     #! symmetry {"elements": [...], "tables": {"Si": [[kind, e1, e2, Rc, c1, c2, c3], ...]}}
     #! bias {"height": ..., "width": ..., "stride": ..., "species": {...}, ...}
     #! dimension Si 26
+    #! system {"formula": "Si64", "pbc": [true, true, true]}
     #! fields id step element height centre[D] metric[M]
 
 then one line per hill record, whitespace separated:
@@ -33,6 +34,7 @@ takes its default ("folded"), which is what that file was written with.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import warnings
@@ -68,14 +70,18 @@ class HillsFile:
     bias: dict
     dimensions: dict[str, int]
     records: list[HillRecord] = field(default_factory=list)
+    #: the structure the hills were deposited on (optional ``#! system`` line)
+    system: dict | None = None
 
 
-def header(symmetry: dict, bias: dict, dimensions: dict[str, int]) -> str:
+def header(symmetry: dict, bias: dict, dimensions: dict[str, int], system: dict | None = None) -> str:
     """The header text of a hills file."""
     lines = [f"#! {MAGIC} {VERSION}",
              f"#! symmetry {json.dumps(symmetry)}",
              f"#! bias {json.dumps(bias)}"]
     lines += [f"#! dimension {e} {d}" for e, d in dimensions.items()]
+    if system is not None:
+        lines.append(f"#! system {json.dumps(system)}")
     lines.append("#! fields id step element height centre[D] metric[M]")
     return "\n".join(lines) + "\n"
 
@@ -88,13 +94,17 @@ def format_record(record: HillRecord) -> str:
     return f"{record.id} {record.step} {record.element} {float(record.height)!r} {numbers}\n"
 
 
-def read(path: str | os.PathLike) -> HillsFile:
-    """Parse a hills file; errors name the file and line."""
-    symmetry = bias = None
+def read(path: str | os.PathLike, header_only: bool = False) -> HillsFile:
+    """Parse a hills file (with header_only, stop before the first record); errors
+    name the file and line."""
+    symmetry = bias = system = None
     dimensions: dict[str, int] = {}
     records: list[HillRecord] = []
     with open(path) as handle:
-        text = handle.read()
+        if header_only:   # the header lines alone, however many hills follow
+            text = "".join(itertools.takewhile(lambda line: line.startswith("#") or not line.strip(), handle))
+        else:
+            text = handle.read()
     lines = text.split("\n")
     if text and not text.endswith("\n"):
         warnings.warn(f"{path}: ignoring an incomplete last line (the writer was interrupted)")
@@ -117,6 +127,8 @@ def read(path: str | os.PathLike) -> HillsFile:
                 elif key == "dimension":
                     element, dim = rest.split()
                     dimensions[element] = int(dim)
+                elif key == "system":
+                    system = json.loads(rest)
             except (ValueError, json.JSONDecodeError) as err:
                 if isinstance(err, HillsFileError):
                     raise
@@ -124,6 +136,8 @@ def read(path: str | os.PathLike) -> HillsFile:
             continue
         if line.startswith("#"):
             continue
+        if header_only:
+            break
         if lineno == 1 or symmetry is None or bias is None:
             raise HillsFileError(f"{where}: hill record before the '#! {MAGIC}' header")
         words = line.split()
@@ -156,7 +170,7 @@ def read(path: str | os.PathLike) -> HillsFile:
         records.append(record)
     if symmetry is None or bias is None:
         raise HillsFileError(f"{path}: not a hills file (no '#! {MAGIC}' header with symmetry and bias lines)")
-    return HillsFile(symmetry, bias, dimensions, records)
+    return HillsFile(symmetry, bias, dimensions, records, system)
 
 
 class HillsWriter:

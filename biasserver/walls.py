@@ -24,7 +24,7 @@ def _selection(atoms: Atoms, select) -> np.ndarray:
         return idx
     idx = np.asarray(select, dtype=int).reshape(-1)
     if len(idx) == 0 or idx.min() < -len(atoms) or idx.max() >= len(atoms):
-        raise ValueError(f"wall selects atoms {list(idx)} outside 0..{len(atoms) - 1}")
+        raise ValueError(f"wall selects atoms {idx.tolist()} outside 0..{len(atoms) - 1}")
     return idx % len(atoms)
 
 
@@ -62,6 +62,12 @@ class HeightWall:
         # positions are explicit variables: -dE/d(strain)_ab = sum_m F_m,a r_m,b
         virial = forces.T @ atoms.positions
         return energy, forces, virial
+
+    def check(self, atoms: Atoms) -> None:
+        """ValueError when a selection names atoms or an element ``atoms`` lacks."""
+        _selection(atoms, self.atoms)
+        if self.reference is not None:
+            _selection(atoms, self.reference)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "atoms": self.atoms, "height": self.height, "k": self.k,
@@ -110,6 +116,13 @@ class DistanceWall:
             forces[:, k] -= np.bincount(nl.second[keep], weights=dedv[:, k], minlength=len(atoms))
         virial = -dedv.T @ vec
         return energy, forces, virial
+
+    def check(self, atoms: Atoms) -> None:
+        """ValueError when ``elements`` names an element ``atoms`` lacks."""
+        present = set(atoms.get_chemical_symbols())
+        for element in self.elements or ():
+            if element not in present:
+                raise ValueError(f"distance wall names element {element!r}, which is not in the structure")
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "min_distance": self.min_distance, "k": self.k,

@@ -13,10 +13,16 @@ sys.path.insert(0, os.path.join(ROOT, "examples", "pt111-h"))
 from sites import classify  # noqa: E402
 
 
-def gmetad(*args, timeout=240, cwd=None):
+def gmetad(*args, timeout=240, cwd=None, env=None):
     """Run the gmetad command line; fail (not hang) after ``timeout`` seconds."""
     return subprocess.run([sys.executable, "-m", "biasserver.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
+                          text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+def without_environment_on_path() -> dict:
+    """The environment of ``venv/bin/gmetad`` started without activating the venv:
+    PATH holds only the system's folders, not this interpreter's."""
+    return dict(os.environ, PATH="/usr/bin:/bin")
 
 
 @pytest.mark.parametrize("site,height,expected", [
@@ -32,7 +38,9 @@ def test_site_classification(site, height, expected):
 
 def test_run_pt111_h_both_variants_and_analysis(tmp_path):
     out = tmp_path / "out"
-    result = gmetad("run", os.path.join(ROOT, "examples", "pt111-h"), "--steps", "40", "--output", str(out))
+    # i-PI, the driver and the analysis come from this interpreter's environment, not PATH
+    result = gmetad("run", os.path.join(ROOT, "examples", "pt111-h"), "--steps", "40", "--output", str(out),
+                    env=without_environment_on_path())
     assert result.returncode == 0, result.stderr[-3000:]
     for variant in ("gmetad", "plain"):
         frames = read(out / variant / "frames.extxyz", ":")
@@ -67,6 +75,20 @@ def test_run_reports_a_dead_driver(tmp_path):
     assert "no-such-engine" in result.stderr
     leftover = subprocess.run(["pgrep", "-f", str(example)], capture_output=True, text=True).stdout
     assert leftover.strip() == ""
+
+
+def test_run_checks_the_configuration_before_starting_anything(tmp_path):
+    example = tmp_path / "bad-wall"
+    example.mkdir()
+    src = os.path.join(ROOT, "examples", "pt111-h")
+    for name in ("init.xyz", "input.xml"):
+        (example / name).write_bytes(open(os.path.join(src, name), "rb").read())
+    config = open(os.path.join(src, "gmetad.yaml")).read().replace("atoms: H,", "atoms: [36, 99],")
+    (example / "gmetad.yaml").write_text(config)
+    result = gmetad("run", str(example), "--steps", "10", timeout=60)
+    assert result.returncode == 1
+    assert "gmetad.yaml" in result.stderr and "'bias.walls[0]'" in result.stderr and "[36, 99]" in result.stderr
+    assert not (example / "output").exists()   # neither i-PI nor the server nor the driver started
 
 
 def test_select_by_stride_and_fps(tmp_path):
