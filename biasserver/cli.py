@@ -5,6 +5,8 @@
     gmetad run DIR               i-PI + server + driver for an example directory
     gmetad hills FILE            summarise a hills file
     gmetad select FRAMES ...     pick a training subset from recorded frames
+    gmetad train FRAMES... -o M  train a neural-network potential (package nnp)
+    gmetad test MODEL FRAMES...  a potential's errors on reference frames
 """
 from __future__ import annotations
 
@@ -67,8 +69,11 @@ def cmd_serve(args) -> int:
 def cmd_driver(args) -> int:
     from drivers.client import main as driver_main
 
+    kwargs = args.kwargs
+    if args.model:       # gmetad driver nnp --model model.pt
+        kwargs = json.dumps({**json.loads(kwargs), "model": os.path.abspath(args.model)})
     argv = ["--calculator", args.calculator, "--structure", args.structure, "--address", args.address,
-            "--kwargs", args.kwargs, "--connect-timeout", str(args.connect_timeout)]
+            "--kwargs", kwargs, "--connect-timeout", str(args.connect_timeout)]
     return driver_main(argv + (["--reinit-each-step"] if args.reinit_each_step else []))
 
 
@@ -109,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("driver", help="run an ASE calculator as an i-PI force client")
-    p.add_argument("calculator", help="emt, sw, tersoff, eam, or package.module:Class")
+    p.add_argument("calculator", help="emt, sw, tersoff, eam, nnp, or package.module:Class")
     p.add_argument("--structure", "-s", required=True, help="template structure (symbols, pbc)")
     p.add_argument("--address", "-a", required=True, help="unix:NAME, unix:/path or inet:HOST:PORT")
     p.add_argument("--kwargs", default="{}", help="JSON object of calculator keyword arguments")
+    p.add_argument("--model", help="model file of 'gmetad train' (for the nnp calculator)")
     p.add_argument("--connect-timeout", type=float, default=120.0)
     p.add_argument("--reinit-each-step", action="store_true")
     p.set_defaults(func=cmd_driver)
@@ -136,6 +142,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="run configuration giving the symmetry functions (default: the "
                                     "method's default set for the frames' elements)")
     p.set_defaults(func=lambda a: __import__("biasserver.select", fromlist=["main"]).main(a))
+
+    p = sub.add_parser("train", help="train a neural-network potential on extxyz frames")
+    p.add_argument("frames", nargs="+", help="extxyz files with energies and forces")
+    p.add_argument("--output", "-o", required=True, help="model file to write (e.g. model.pt)")
+    p.add_argument("--config", help="training YAML (see nnp/config.py; default: built-in defaults)")
+    p.add_argument("--committee", type=int, help="number of networks (overrides the config)")
+    p.add_argument("--bootstrap", action="store_true", help="members train on bootstrap samples")
+    p.add_argument("--epochs", type=int, help="maximum epochs (overrides the config)")
+    p.add_argument("--seed", type=int, help="random seed (overrides the config)")
+    p.add_argument("--threads", type=int, help="torch threads (overrides the config)")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-plot", action="store_true", help="no loss-curve PNG")
+    p.set_defaults(func=lambda a: __import__("nnp.cli", fromlist=["train_main"]).train_main(a))
+
+    p = sub.add_parser("test", help="a potential's errors on reference frames")
+    p.add_argument("model", help="model file of 'gmetad train'")
+    p.add_argument("frames", nargs="+", help="extxyz files with energies and forces")
+    p.add_argument("--output", "-o", help="prefix of PREFIX.json and the plots (default: MODEL.test)")
+    p.add_argument("--energy-key", default="energy")
+    p.add_argument("--forces-key", default="forces")
+    p.add_argument("--no-plot", action="store_true", help="JSON only")
+    p.set_defaults(func=lambda a: __import__("nnp.cli", fromlist=["test_main"]).test_main(a))
 
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)

@@ -8,6 +8,7 @@ is a small factory registered under a short name in :data:`CALCULATORS`;
     make_calculator("sw")                                # matscipy Stillinger-Weber, Si (PRB 31, 5262)
     make_calculator("tersoff")                           # matscipy Tersoff, Si (PRB 39, 5566)
     make_calculator("eam", potential="Cu.eam.alloy")     # matscipy EAM from a file
+    make_calculator("nnp", model="model.pt")             # a potential of 'gmetad train'
     make_calculator("ase.calculators.lj:LennardJones", sigma=2.3, epsilon=0.1)
 
 Every calculator works in ASE units (angstrom, eV). The ``module:Class`` form
@@ -96,6 +97,15 @@ def _eam(potential: str, kind: str | None = None):
         else:
             kind = "eam/alloy"
     return EAM(str(potential), kind=kind)
+
+
+@register("nnp")
+def _nnp(model: str):
+    """A Behler-Parrinello potential (or committee) written by ``gmetad train``;
+    the committee spread goes to the i-PI extras (see nnp/calculator.py)."""
+    from nnp.calculator import NNPCalculator
+
+    return NNPCalculator(model)
 
 
 def _parameter_set(module: Any, name: str) -> dict:

@@ -9,6 +9,7 @@ Command line::
     python -m drivers.client --calculator emt --structure init.xyz --address unix:gmetad
     python -m drivers.client --calculator eam --kwargs '{"potential": "Cu.eam.alloy"}' \\
         --structure init.xyz --address inet:localhost:31415
+    python -m drivers.client --calculator nnp --model model.pt --structure init.xyz --address unix:gmetad
 
 The structure file (anything ``ase.io.read`` reads) is the template: it gives
 element symbols and periodic boundary conditions; positions and cell come from
@@ -45,7 +46,9 @@ class AseEngine:
     with ``calculator`` attached; each call sets cell and positions (angstrom)
     and returns a :class:`ForceResult` in eV, eV/angstrom, with
     ``virial = -stress * volume`` (eV) when the calculator gives stress and the
-    system is periodic in all three directions, zeros otherwise.
+    system is periodic in all three directions, zeros otherwise. A calculator
+    with an ``ipi_extras()`` method (the NNP: committee spread) adds its dict to
+    the JSON ``extras`` of every step.
     """
 
     def __init__(self, calculator: Any, atoms_template: Any, extras: str = "{}"):
@@ -83,7 +86,12 @@ class AseEngine:
                 self._stress = False
             else:
                 virial = -np.asarray(stress).reshape(3, 3) * atoms.get_volume()
-        return ForceResult(energy=energy, forces=forces, virial=virial, extras=self.extras)
+        extras = self.extras
+        per_step = getattr(atoms.calc, "ipi_extras", None)
+        step_extras = per_step() if per_step is not None else None
+        if step_extras:
+            extras = json.dumps({**json.loads(self.extras or "{}"), **step_extras})
+        return ForceResult(energy=energy, forces=forces, virial=virial, extras=extras)
 
 
 def run_driver(
@@ -136,6 +144,7 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--calculator", "-c", required=True,
                     help=f"one of {', '.join(known_calculators())}, or package.module:ClassName")
     ap.add_argument("--kwargs", default="{}", help="JSON dict of calculator keyword arguments")
+    ap.add_argument("--model", help="model file for the nnp calculator (same as --kwargs '{\"model\": ...}')")
     ap.add_argument("--structure", "-s", required=True,
                     help="template structure file (symbols, pbc), read with ase.io.read")
     ap.add_argument("--address", "-a", required=True,
@@ -149,6 +158,8 @@ def main(argv: Optional[list] = None) -> int:
     kwargs = json.loads(args.kwargs)
     if not isinstance(kwargs, dict):
         ap.error("--kwargs must be a JSON object")
+    if args.model:
+        kwargs["model"] = args.model
     calc = make_calculator(args.calculator, **kwargs)
     atoms = read(args.structure)
     n = run_driver(calc, atoms, args.address, connect_timeout=args.connect_timeout,
