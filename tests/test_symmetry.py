@@ -256,9 +256,11 @@ def assert_matches_dscribe(sf, atoms):
         if ours.size == 0:
             continue
         assert np.abs(ref).max() > 0
-        # 1e-10 relative, element by element (exact zeros must be exact zeros)
+        # 1e-10 relative element by element, plus 1e-14 of the function's largest
+        # value: a G4 of a near-collinear triplet, (1 - cos)^zeta, is a round-off
+        # residue whose digits depend on the vector width and FMA
         err = np.abs(ours - ref)
-        bad = err > 1e-10 * np.abs(ref)
+        bad = err > 1e-10 * np.abs(ref) + 1e-14 * np.abs(ref).max(axis=0)
         assert not bad.any(), (
             f"centres {element}: {bad.sum()} values differ from DScribe, worst relative "
             f"{(err / np.maximum(np.abs(ref), 1e-300)).max():.3g}")
