@@ -322,6 +322,30 @@ class GMetaDBias:
             bias.record_hills(path)
         return bias
 
+    def last_deposition(self) -> int | None:
+        """The MD step of the latest deposition or merge, None without hills."""
+        steps = [int(h.steps.max()) for h in self.hills.values() if len(h)]
+        return max(steps) if steps else None
+
+    def set_aside_from(self, step: int) -> str | None:
+        """Undo the depositions of MD steps >= ``step`` (a restarted run redoes those
+        steps): their records move from the hills file being written into a side
+        file (:func:`hillsfile.set_aside`) and the hills are reloaded from the rest,
+        so merged hills get back their earlier versions. Returns the side file's
+        name, or None when nothing was deposited that late."""
+        last = self.last_deposition()
+        if last is None or last < step:
+            return None
+        if self._writer is None:
+            raise ValueError(f"hills of step {last} >= {step} cannot be set aside: this bias "
+                             "writes no hills file")
+        path = self._writer.path
+        self.close()
+        side = hillsfile.set_aside(path, step)
+        self.load_hills(path)
+        self.record_hills(path)
+        return side
+
     def record_hills(self, path: str | os.PathLike) -> None:
         """Append every later deposition to the hills file ``path`` (created with a
         header when absent; when it exists it must hold this bias's hills)."""

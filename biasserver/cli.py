@@ -3,6 +3,7 @@
     gmetad serve CONFIG          run the bias server of a YAML run configuration
     gmetad driver NAME ...       run an ASE calculator as an i-PI force client
     gmetad run DIR               i-PI + server + driver for an example directory
+    gmetad run DIR --resume      continue its stopped run from i-PI's newest checkpoint
     gmetad hills FILE            summarise a hills file
     gmetad select FRAMES ...     pick a training subset from recorded frames
     gmetad train FRAMES... -o M  train a neural-network potential (package nnp)
@@ -30,11 +31,14 @@ def _setup_logging(level: str) -> None:
 def build_server(config, bias_enabled: bool | None = None):
     """The BiasServer a validated RunConfig describes."""
     from .config import keep_aside, read_structure
+    from .checkpoint import restart_step as restart_step_of
     from .recorder import FrameRecorder
     from .server import BiasServer
 
     template = read_structure(config.structure, config.path)
     enabled = config.bias.enabled if bias_enabled is None else bias_enabled
+    # i-PI's step in the checkpoint it restarts from (a CheckpointError before anything starts)
+    restart_step = None if config.server.ipi_restart is None else restart_step_of(config.server.ipi_restart)
     bias = config.make_bias(enabled)
     proxy = config.server.mode == "proxy"
     recorder = None
@@ -46,7 +50,8 @@ def build_server(config, bias_enabled: bool | None = None):
                                  fsync=config.recorder.fsync)
     return BiasServer(bias, template, config.server.ipi,
                       listen_address=config.server.listen if proxy else None, recorder=recorder,
-                      allow_remote=config.server.allow_remote, compute_timeout=config.server.timeout)
+                      allow_remote=config.server.allow_remote, compute_timeout=config.server.timeout,
+                      restart_step=restart_step)
 
 
 def cmd_serve(args) -> int:
@@ -128,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="MD steps per run (default: the example's)")
     p.add_argument("--only", choices=("gmetad", "plain"), help="run only the biased or the plain variant")
     p.add_argument("--output", help="output folder (default: DIR/output)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stopped or killed run in the output folder from i-PI's newest "
+                        "checkpoint (frames and hills after it are set aside)")
     p.set_defaults(func=lambda a: __import__("biasserver.runner", fromlist=["main"]).main(a))
 
     p = sub.add_parser("hills", help="summarise a hills file")

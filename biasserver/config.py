@@ -32,6 +32,9 @@ to the YAML file)::
       allow_remote: false          # true to listen on a non-loopback address
       timeout: null                # s to wait for a reference result (null: forever,
                                    # as i-PI; a dead client is noticed at once anyway)
+      ipi_restart: null            # the i-PI checkpoint (or RESTART) i-PI restarts from:
+                                   # frames and hills from its <step> on are set aside
+                                   # (FILE.after-<step>) and the run continues there
     recorder:
       path: frames.extxyz          # null: no recording
       fsync: true
@@ -39,6 +42,8 @@ to the YAML file)::
       ipi_input: input.xml
       driver: gmetad driver emt --structure {structure} --address {address}
       steps: 4000
+      checkpoint_stride: 50        # i-PI checkpoint every N steps for --resume (if
+                                   # input.xml has none; null: none)
       plain: true                  # also run the same MD with the bias off
       analysis: python {dir}/analyse.py
 
@@ -88,6 +93,7 @@ class ServerSettings:
     listen: str = "unix:gmetad-ref"
     allow_remote: bool = False
     timeout: float | None = None
+    ipi_restart: str | None = None
 
 
 @dataclass
@@ -105,6 +111,8 @@ class RunSettings:
     i-PI's /tmp/ipi_ prefix themselves), ``{structure}`` the structure file,
     ``{dir}`` the example folder. It runs in the output folder.
     analysis: a command run in the output folder after the runs.
+    checkpoint_stride: steps between the i-PI checkpoints ``gmetad run --resume``
+    restarts from, added to the private i-PI input unless it has a ``<checkpoint>``.
     """
 
     ipi_input: str = "input.xml"
@@ -112,6 +120,7 @@ class RunSettings:
     steps: int | None = None
     plain: bool = False
     analysis: str | None = None
+    checkpoint_stride: int | None = 50
 
 
 @dataclass
@@ -318,6 +327,15 @@ def load(path: str | os.PathLike) -> RunConfig:
         raise ConfigError(f"{path}: 'bias.jacobian' must be one of {JACOBIANS}, got {bias.jacobian!r}")
     bias.hills_file = resolve(bias.hills_file)
     recorder.path = resolve(recorder.path)
+    server.ipi_restart = resolve(server.ipi_restart)
+    if server.ipi_restart is not None:
+        if not os.path.exists(server.ipi_restart):
+            raise ConfigError(f"{path}: 'server.ipi_restart': file {server.ipi_restart} not found")
+        if not bias.restart:
+            raise ConfigError(f"{path}: 'server.ipi_restart' continues a run: it needs 'bias.restart: true'")
+    if run.checkpoint_stride is not None and run.checkpoint_stride < 1:
+        raise ConfigError(f"{path}: 'run.checkpoint_stride' must be a positive number of steps, "
+                          f"got {run.checkpoint_stride}")
 
     if "default" in symmetry:
         spec = dict(symmetry["default"] or {})

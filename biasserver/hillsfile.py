@@ -221,3 +221,32 @@ def write(path: str | os.PathLike, header_text: str, records: list[HillRecord]) 
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def set_aside(path: str | os.PathLike, step: int) -> str | None:
+    """Move the records of steps >= ``step`` (and an interrupted last line) of the
+    hills file ``path`` into a side file ``path.after-<step>`` (after a copy of
+    the header, so that it reads as a hills file), rewriting ``path`` crash-safely
+    with the header and the earlier records, byte for byte (see
+    :mod:`biasserver.setaside`). Returns the side file's name, or None when no
+    record was set aside."""
+    from . import setaside
+    path = os.fspath(path)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    keep, later = [], []
+    for line in data.splitlines(keepends=True):
+        words = line.split()
+        if not line.endswith(b"\n"):
+            later.append(line)   # a record the writer did not finish
+        elif line.startswith(b"#") or not words:
+            keep.append(line)
+        else:
+            try:
+                late = int(words[1]) >= step
+            except (IndexError, ValueError):
+                raise HillsFileError(f"{path}: record without an integer step: "
+                                     f"{line[:60].decode(errors='replace')!r}") from None
+            (later if late else keep).append(line)
+    header_lines = [line for line in keep if line.startswith(b"#!")]
+    return setaside.split(path, step, b"".join(keep), b"".join(header_lines + later) if later else b"")

@@ -16,18 +16,26 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
+from . import setaside
+
 
 def _complete_length(path: str) -> tuple[int, int]:
     """Byte length and number of the leading complete extxyz frames in ``path``."""
-    good = count = 0
     with open(path, "rb") as handle:
-        data = handle.read()
+        ends = _frame_ends(handle.read())
+    return (ends[-1] if ends else 0), len(ends)
+
+
+def _frame_ends(data: bytes) -> list[int]:
+    """Byte offsets just past each leading complete extxyz frame of ``data``."""
+    ends = []
     pos = 0
     while pos < len(data):
         end = data.find(b"\n", pos)
@@ -41,11 +49,42 @@ def _complete_length(path: str) -> tuple[int, int]:
         for _ in range(natoms + 1):       # comment line + one line per atom
             nxt = data.find(b"\n", cursor)
             if nxt < 0:
-                return good, count
+                return ends
             cursor = nxt + 1
-        pos = good = cursor
-        count += 1
-    return good, count
+        pos = cursor
+        ends.append(cursor)
+    return ends
+
+
+_STEP = re.compile(rb"(?:^|\s)step=(-?\d+)(?:\s|$)")
+
+
+def set_aside(path: str | os.PathLike, step: int) -> str | None:
+    """Move the frames of MD steps >= ``step`` of the frames file ``path`` into a
+    side file (``frames.after-<step>.extxyz``), rewriting ``path`` crash-safely
+    with the earlier frames, byte for byte (see :mod:`biasserver.setaside`). An
+    interrupted last frame is cut off, as when a recorder opens the file. Returns
+    the side file's name, or None when no frame was set aside."""
+    path = os.fspath(path)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    ends = _frame_ends(data)
+    complete = ends[-1] if ends else 0
+    start, cut = 0, complete
+    for end in ends:
+        comment = data[data.find(b"\n", start) + 1:end].split(b"\n", 1)[0]
+        found = _STEP.search(comment)
+        if found is None:
+            raise ValueError(f"{path}: frame at byte {start} has no step= in its comment line")
+        if int(found.group(1)) >= step:
+            cut = start
+            break
+        start = end
+    if cut == complete:
+        if complete < len(data):
+            setaside.write_atomic(path, data[:complete])
+        return None
+    return setaside.split(path, step, data[:cut], data[cut:complete])
 
 
 class FrameRecorder:
@@ -94,6 +133,15 @@ class FrameRecorder:
         if self.fsync:
             os.fsync(self._fd)
         self.n_frames += 1
+
+    def set_aside(self, step: int) -> str | None:
+        """Set aside the frames of steps >= ``step`` (module function :func:`set_aside`)
+        and append after the frames kept; returns the side file's name or None."""
+        self.close()
+        side = set_aside(self.path, step)
+        _, self.n_frames_on_disk = _complete_length(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return side
 
     def last_frame(self) -> Atoms:
         """The last complete frame on disk."""

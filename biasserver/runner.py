@@ -7,6 +7,16 @@ the server and the driver, shows progress, and stops all three: when i-PI
 finishes, when one of them dies (saying which, with the tail of its log), or on
 Ctrl-C. An earlier output folder is kept aside as ``output.N``, never deleted.
 Then the example's ``run.analysis`` command runs in the output folder.
+
+The private i-PI input writes a checkpoint every ``run.checkpoint_stride`` steps
+(``<prefix>.checkpoint_K``, unless the input has its own ``<checkpoint>``) with
+floats at full precision (``floatformat='%.16e'`` unless the input sets one),
+so that ``gmetad run DIR --resume`` continues a stopped or killed run exactly:
+it restarts i-PI from the newest complete checkpoint or ``RESTART`` of each
+variant's folder (see :mod:`biasserver.checkpoint`), the server with
+``server.ipi_restart`` naming it (frames and hills of that step and later go to
+side files ``*.after-<step>``), and the driver. Earlier logs are kept as
+``<name>.log.N``; a variant whose i-PI had finished is not run again.
 """
 from __future__ import annotations
 
@@ -23,10 +33,16 @@ from dataclasses import asdict
 
 import yaml
 
+from . import checkpoint
 from .config import RunConfig, as_dict, keep_aside, load
 from .protocol import parse_address
 
 POLL_SECONDS = 0.2
+#: i-PI's float format in the private input unless the input sets one: 17 significant
+#: digits, so that a checkpoint restarts the trajectory exactly (i-PI's default has 9)
+EXACT_FLOATFORMAT = "%.16e"
+#: name of the checkpoint output added to the private input
+CHECKPOINT_NAME = "checkpoint"
 
 
 class RunFailed(RuntimeError):
@@ -68,11 +84,20 @@ def _socket_name(address: str) -> str:
 
 
 def write_ipi_input(source: str, target: str, ipi_socket: str, old_socket: str,
-                    steps: int | None, base: str) -> str:
-    """Copy an i-PI input, pointing the ffsocket at ``ipi_socket``, making file paths
-    absolute and optionally setting total_steps. Returns the output prefix."""
+                    steps: int | None, base: str, checkpoint_stride: int | None = None) -> str:
+    """Copy an i-PI input (or checkpoint), pointing the ffsocket at ``ipi_socket``,
+    making file paths absolute and optionally setting total_steps. With
+    ``checkpoint_stride``, also make it restartable exactly: a checkpoint every that
+    many steps unless the input writes one, and EXACT_FLOATFORMAT unless it sets a
+    floatformat. Returns the output prefix."""
     tree = ET.parse(source)
     root = tree.getroot()
+    output = root.find("output")
+    if checkpoint_stride is not None:
+        root.attrib.setdefault("floatformat", EXACT_FLOATFORMAT)
+        if output is not None and output.find("checkpoint") is None:
+            ET.SubElement(output, "checkpoint", filename=CHECKPOINT_NAME, stride=str(int(checkpoint_stride)),
+                          overwrite="false")
     sockets = [s for s in root.iter("ffsocket") if (s.findtext("address") or "").strip() == old_socket]
     if not sockets:
         raise ValueError(f"{source}: no <ffsocket> with <address> {old_socket} (server.ipi of the YAML)")
@@ -88,22 +113,48 @@ def write_ipi_input(source: str, target: str, ipi_socket: str, old_socket: str,
             node = ET.SubElement(root, "total_steps")
         node.text = f" {int(steps)} "
     tree.write(target)
-    output = root.find("output")
     return output.get("prefix", "i-pi") if output is not None else "i-pi"
+
+
+def _remove_stale_socket(name: str) -> None:
+    """Remove the socket file of a killed run's ``unix:NAME`` address when nothing
+    listens on it any more (a connection is refused)."""
+    import socket
+    path = parse_address(f"unix:{name}").path
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        probe.close()
 
 
 class Run:
     """The three processes of one variant, started and stopped together."""
 
-    def __init__(self, config: RunConfig, variant: str, outdir: str, steps: int | None):
+    def __init__(self, config: RunConfig, variant: str, outdir: str, steps: int | None, resume: bool = False):
         self.config, self.variant, self.outdir = config, variant, outdir
         self.example = os.path.dirname(config.path)
         tag = f"gmetad-{os.getpid()}-{variant}"
         self.ipi_socket, self.ref_socket = tag, f"{tag}-ref"
-        os.makedirs(outdir)
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._ended: dict[str, float] = {}
+        #: resumed runs: i-PI's restart file and step
+        self.restart_file, self.restart_step = None, None
+        if resume:
+            self._prepare_resume(steps)
+            return
+        os.makedirs(outdir, exist_ok=True)   # a resumed job whose variant had not started
+        #: the i-PI input, in outdir
+        self.ipi_input = "input.xml"
         self.prefix = write_ipi_input(config.run.ipi_input, os.path.join(outdir, "input.xml"),
                                       self.ipi_socket, _socket_name(config.server.ipi), steps,
-                                      os.path.dirname(config.run.ipi_input))
+                                      os.path.dirname(config.run.ipi_input), config.run.checkpoint_stride)
         self.total_steps = steps or int(ET.parse(os.path.join(outdir, "input.xml")).findtext("total_steps"))
         data = as_dict(config)
         data.pop("run")
@@ -113,8 +164,40 @@ class Run:
         data["recorder"]["path"] = os.path.join(outdir, "frames.extxyz")
         with open(os.path.join(outdir, "gmetad.yaml"), "w") as handle:
             yaml.safe_dump(data, handle, sort_keys=False)
-        self.processes: dict[str, subprocess.Popen] = {}
-        self._ended: dict[str, float] = {}
+
+    @property
+    def complete(self) -> bool:
+        """Whether i-PI had already done all its steps (a resumed run with nothing left)."""
+        return self.restart_step is not None and self.restart_step >= self.total_steps
+
+    def _prepare_resume(self, steps: int | None) -> None:
+        """Continue the run in outdir: i-PI from its newest restart file (or from the
+        start when it wrote none), with this runner's sockets; the server with
+        ``server.ipi_restart`` naming that file; earlier logs kept aside."""
+        yaml_path = os.path.join(self.outdir, "gmetad.yaml")
+        with open(yaml_path) as handle:
+            data = yaml.safe_load(handle)
+        original = os.path.join(self.outdir, "input.xml")
+        found = checkpoint.newest(self.outdir, original)
+        self.restart_file, self.restart_step = found if found is not None else (original, 0)
+        self.ipi_input = f"resume-{self.restart_step}.xml"
+        target = os.path.join(self.outdir, self.ipi_input)
+        if os.path.exists(target):
+            keep_aside(target)
+        for address in (data["server"]["ipi"], data["server"]["listen"]):
+            _remove_stale_socket(_socket_name(address))
+        self.prefix = write_ipi_input(self.restart_file, target, self.ipi_socket,
+                                      _socket_name(data["server"]["ipi"]), steps, self.outdir)
+        self.total_steps = int(ET.parse(target).findtext("total_steps"))
+        data["server"].update(ipi=f"unix:{self.ipi_socket}", listen=f"unix:{self.ref_socket}", ipi_restart=target)
+        data["bias"]["restart"] = True
+        tmp = yaml_path + ".tmp"
+        with open(tmp, "w") as handle:
+            yaml.safe_dump(data, handle, sort_keys=False)
+        os.replace(tmp, yaml_path)
+        for name in ("i-pi", "server", "driver"):
+            if os.path.exists(self._log(name)):
+                keep_aside(self._log(name))
 
     def _start(self, name: str, argv: list[str]) -> None:
         log = open(os.path.join(self.outdir, f"{name}.log"), "w")
@@ -122,7 +205,7 @@ class Run:
                                                 start_new_session=True)
 
     def start(self) -> None:
-        self._start("i-pi", ipi_command() + ["input.xml"])
+        self._start("i-pi", ipi_command() + [self.ipi_input])
         self._wait_for_socket("i-pi", self.ipi_socket)
         self._start("server", [sys.executable, "-m", "biasserver.cli", "serve", "gmetad.yaml"])
         # DFT codes try to connect once and give up: start them when the proxy listens
@@ -236,24 +319,37 @@ class Run:
 
 
 def run_example(directory: str, steps: int | None = None, only: str | None = None,
-                output: str | None = None) -> int:
-    """Run an example folder (see module docstring); returns a process exit code."""
+                output: str | None = None, resume: bool = False) -> int:
+    """Run an example folder, or with ``resume`` continue its stopped run in
+    ``output`` (see module docstring); returns a process exit code."""
     config_path = os.path.join(directory, "gmetad.yaml")
     if not os.path.exists(config_path):
         print(f"gmetad run: {config_path} not found (an example folder holds gmetad.yaml, "
               "input.xml and the structure)", file=sys.stderr)
         return 2
     config = load(os.path.abspath(config_path))
-    steps = steps or config.run.steps
     output = os.path.abspath(output or os.path.join(directory, "output"))
-    if os.path.exists(output):
+    if resume and not os.path.isdir(output):
+        print(f"gmetad run --resume: no earlier output {output} to continue", file=sys.stderr)
+        return 2
+    if os.path.exists(output) and not resume:
         print(f"gmetad run: earlier output kept as {keep_aside(output)}", file=sys.stderr)
     variants = ["gmetad"] + (["plain"] if config.run.plain else [])
     if only:
         variants = [only]
     for variant in variants:
-        run = Run(config, variant, os.path.join(output, variant), steps)
-        print(f"gmetad run: {variant} run in {run.outdir}", file=sys.stderr)
+        outdir = os.path.join(output, variant)
+        continued = resume and os.path.exists(os.path.join(outdir, "gmetad.yaml"))
+        # a resumed run keeps its own length unless --steps says otherwise
+        run = Run(config, variant, outdir, steps if continued else steps or config.run.steps, resume=continued)
+        if run.complete:
+            print(f"gmetad run: {variant} run in {outdir} had finished ({run.total_steps} steps)", file=sys.stderr)
+            continue
+        if continued:
+            print(f"gmetad run: {variant} run in {outdir} resumed at step {run.restart_step} "
+                  f"from {os.path.basename(run.restart_file)}", file=sys.stderr)
+        else:
+            print(f"gmetad run: {variant} run in {run.outdir}", file=sys.stderr)
         try:
             run.start()
             run.wait()
@@ -277,4 +373,4 @@ def run_example(directory: str, steps: int | None = None, only: str | None = Non
 
 
 def main(args) -> int:
-    return run_example(args.directory, args.steps, args.only, args.output)
+    return run_example(args.directory, args.steps, args.only, args.output, getattr(args, "resume", False))

@@ -13,6 +13,15 @@ Bias mode: the server is an i-PI client that returns the bias alone, for
 ``<ensemble><bias>`` or an extra ``<force>``; the force client talks to i-PI
 directly. Nothing is recorded (the server never sees the reference).
 
+Restarts. A restarted server continues at the step after its last recorded
+frame; a step i-PI re-sends (its positions equal the last frame's) keeps its
+number and is recorded once. Whatever step s the server then serves first, the
+hills deposited at s or later are set aside (:meth:`GMetaDBias.set_aside_from`)
+and deposited again, so the redone step's bias energy, forces and frame are
+those of an uninterrupted run. Given ``restart_step`` (i-PI's ``<step>`` in the
+checkpoint it restarts from), the server also sets aside the frames and hills of
+that step and later (side files ``<file>.after-<step>``) and continues there.
+
 Data flow: positions from i-PI -> units (protocol) -> C kernels -> bias ->
 forces -> units (protocol) -> i-PI.
 """
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -33,6 +43,28 @@ from .protocol import (ClientRole, Connection, ForceResult, Listener, Positions,
 from .recorder import FrameRecorder
 
 log = logging.getLogger("gmetad.server")
+
+#: Test hook (environment variable, read once when a BiasServer is made):
+#: ``after-hill:STEP`` or ``after-frame:STEP`` ends the server with os._exit
+#: (no cleanup, as SIGKILL) right after step STEP's hills are written, or right
+#: after its frame is recorded and before i-PI has the forces. Tests use it to
+#: crash the server deterministically inside a step; runs never set it.
+CRASH_ENV = "GMETAD_TEST_CRASH_AT"
+CRASH_POINTS = ("after-hill", "after-frame")
+#: exit code of a crash by the test hook
+CRASH_EXIT_CODE = 70
+
+
+def _crash_point() -> tuple[str, int] | None:
+    """The crash point the test hook asks for (see CRASH_ENV), or None."""
+    value = os.environ.get(CRASH_ENV, "")
+    if not value:
+        return None
+    point, _, step = value.partition(":")
+    if point not in CRASH_POINTS or not step.strip().lstrip("-").isdigit():
+        raise ValueError(f"{CRASH_ENV}={value!r}: expected one of {', '.join(CRASH_POINTS)} "
+                         f"followed by ':STEP'")
+    return point, int(step)
 
 
 class ReferencePool:
@@ -97,13 +129,16 @@ class BiasServer:
     with the same machinery, for comparison runs); template: Atoms giving element
     symbols and pbc in i-PI's atom order; ipi_address: i-PI's socket;
     listen_address: the proxy's socket for force clients (None in bias mode);
-    recorder: where reference frames go (proxy mode only).
+    recorder: where reference frames go (proxy mode only); restart_step: i-PI's
+    step when i-PI restarts from a checkpoint (None: continue after the last
+    recorded frame), see the module docstring.
     """
 
     def __init__(self, bias: GMetaDBias | None, template: Atoms, ipi_address: str,
                  listen_address: str | None = None, recorder: FrameRecorder | None = None,
                  allow_remote: bool = False, compute_timeout: Optional[float] = None,
-                 connect_timeout: float = 120.0, accept_timeout: Optional[float] = None):
+                 connect_timeout: float = 120.0, accept_timeout: Optional[float] = None,
+                 restart_step: int | None = None):
         self.bias = bias
         self.template = template
         self.natoms = len(template)
@@ -119,19 +154,47 @@ class BiasServer:
             self.pool = ReferencePool(listen(listen_address, allow_remote=allow_remote), self.natoms,
                                       compute_timeout, accept_timeout)
         self.step = bias.step_count if bias is not None else 0
-        #: a restarted bias already holds the hills of the steps before this one
-        self._hills_through = self.step
-        self._skip_positions = self._last_recorded_positions()
+        #: positions of the last recorded frame: i-PI may re-send that step
+        self._skip_positions = None
+        if restart_step is not None:
+            self._restart_at(int(restart_step))
+        else:
+            last_hill = None if bias is None else bias.last_deposition()
+            self._skip_positions = self._last_recorded_positions()
+            if last_hill is not None or self._skip_positions is not None:
+                log.info("restart: %d hills loaded (last deposited at step %s), %d frames on disk; "
+                         "continuing at step %d", 0 if bias is None else bias.n_hills,
+                         "-" if last_hill is None else last_hill,
+                         0 if recorder is None else recorder.n_frames_on_disk, self.step)
         if bias is not None:
             bias.step_count = self.step   # deposition times follow the recorded MD steps
-        if self._hills_through > 0 or self._skip_positions is not None:
-            log.info("restart: %d hills loaded (last deposited at step %d), %d frames on disk; "
-                     "continuing at step %d", 0 if bias is None else bias.n_hills, self._hills_through - 1,
-                     0 if recorder is None else recorder.n_frames_on_disk, self.step)
+        #: the first step served: the hills of it and later steps are set aside then
+        self._first_step = True
+        self._crash_at = _crash_point()
 
     @property
     def listen_address(self):
         return None if self.pool is None else self.pool.listener.address
+
+    def _restart_at(self, step: int) -> None:
+        """Continue at i-PI's restart step: frames and hills of ``step`` and later go
+        to side files, the run goes on from there."""
+        if step < 0:
+            raise ValueError(f"restart step must be >= 0, got {step}")
+        side_frames = None if self.recorder is None else self.recorder.set_aside(step)
+        side_hills = None if self.bias is None else self.bias.set_aside_from(step)
+        self.step = step
+        last = None
+        if self.recorder is not None and self.recorder.n_frames_on_disk:
+            last = int(self.recorder.last_frame().info.get("step", -1))
+            if last != step - 1:
+                log.warning("restart at i-PI's step %d, but the frames file ends at step %d: "
+                            "steps %d..%d have no frame", step, last, last + 1, step - 1)
+        log.info("restart at i-PI's step %d: %d hills and %d frames kept (frames through step %s); "
+                 "set aside: %s", step, 0 if self.bias is None else self.bias.n_hills,
+                 0 if self.recorder is None else self.recorder.n_frames_on_disk,
+                 "-" if last is None else last,
+                 ", ".join(p for p in (side_frames, side_hills) if p) or "nothing")
 
     def _last_recorded_positions(self) -> np.ndarray | None:
         """Positions of the last recorded frame, to avoid a duplicate after a restart.
@@ -160,14 +223,32 @@ class BiasServer:
         return self.bias.energy_forces(atoms)
 
     def _deposit(self, atoms: Atoms) -> None:
-        """Deposit this step's hills (every ``stride`` steps, not at step 0), unless a
-        restarted bias already holds them."""
+        """Deposit this step's hills (every ``stride`` steps, not at step 0)."""
         if self.bias is None:
             return
-        if self.bias.deposits_at(self.step) and self.step >= self._hills_through:
+        if self.bias.deposits_at(self.step):
             self.bias.step_count = self.step
             self.bias.deposit(atoms)
         self.bias.step_count = self.step + 1
+
+    def _redo_from_here(self) -> None:
+        """On the first step served: hills deposited at this step or later (by a
+        server that crashed after depositing them) are set aside, so that this
+        step's bias is that of an uninterrupted run; they are deposited again."""
+        self._first_step = False
+        if self.bias is None:
+            return
+        side = self.bias.set_aside_from(self.step)
+        if side is not None:
+            log.info("step %d is redone: the hills deposited at step %d and later are set aside in %s "
+                     "and deposited again", self.step, self.step, side)
+
+    def _crash_if_asked(self, point: str) -> None:
+        """The test hook CRASH_ENV."""
+        if self._crash_at == (point, self.step):
+            log.warning("%s=%s:%d: ending the server now (test hook)", CRASH_ENV, point, self.step)
+            logging.shutdown()
+            os._exit(CRASH_EXIT_CODE)
 
     def _extras(self, bias_energy: float, reference_energy: float | None = None, client_extras: str = "") -> str:
         extras = {"bias_energy": bias_energy, "n_hills": 0 if self.bias is None else self.bias.n_hills}
@@ -220,6 +301,8 @@ class BiasServer:
         if repeat:   # i-PI re-sent the step whose frame was recorded before the restart
             self.step -= 1
             log.info("step %d repeats the last recorded frame (restart): not recorded twice", self.step)
+        if self._first_step:
+            self._redo_from_here()
         reference_args = (positions, self.step, ipi.init_bead or 0, ipi.init_string or "")
         if self.bias is None or not (self.bias.walls or self.bias.acting()):
             # nothing to overlap with: no thread hand-off on the relay's critical path
@@ -234,12 +317,14 @@ class BiasServer:
         # hills only once the reference is in: a server killed while it waits for
         # the reference restarts without this step's hills and redoes it exactly
         self._deposit(atoms)
+        self._crash_if_asked("after-hill")
         if self.recorder is not None and not repeat:
             virial = reference.virial if np.any(reference.virial) else None
             self.recorder.record(positions.positions, positions.cell, reference.energy, reference.forces,
                                  virial, bias_energy=bias_energy, step=self.step,
                                  walker=ipi.init_bead or 0,
                                  n_hills=0 if self.bias is None else self.bias.n_hills)
+        self._crash_if_asked("after-frame")
         return ForceResult(reference.energy + bias_energy, reference.forces + bias_forces,
                            reference.virial + bias_virial,
                            extras=self._extras(bias_energy, reference.energy, reference.extras))
