@@ -289,6 +289,21 @@ class NNPModel:
                 f"{self.activation} -> 1, committee of {self.n_members}")
 
 
+#: a function whose std over the training atoms is below this fraction of the element's
+#: largest |G| is (almost) constant there; its std is raised to that floor so that a new
+#: structure cannot blow its standardised value up
+STD_FLOOR = 1e-4
+
+
+def standard_scaling(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (F,) of descriptor rows g (n, F), the std floored (see STD_FLOOR; 1 when
+    every value is zero)."""
+    mean = g.mean(axis=0)
+    floor = STD_FLOOR * float(np.abs(g).max()) if g.size else 0.0
+    std = np.maximum(g.std(axis=0), floor)
+    return mean, np.where(std > 0, std, 1.0)
+
+
 def initial_layers(n_in: int, hidden: Sequence[int], rng: np.random.Generator) -> Layers:
     """Random float64 layers (Xavier-uniform weights, zero biases), e.g. for tests."""
     sizes = [n_in, *hidden, 1]

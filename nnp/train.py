@@ -14,7 +14,8 @@ the weights of the epoch with the lowest validation loss and stop after
 
 Everything random comes from ``seed``: the split, member k's initial weights
 (seed + k) and its bootstrap sample, and the frame order of every epoch (seeded
-by seed, member, epoch). After every epoch a checkpoint ``OUTPUT.ckpt`` is
+by seed, member, epoch); the torch operations used (dense layers, index_add on
+the CPU) are deterministic. After every epoch a checkpoint ``OUTPUT.ckpt`` is
 written atomically; a training started again with the same command resumes
 from it and ends with the same model as an uninterrupted one (same machine and
 thread count). The checkpoint is deleted once the model file is written.
@@ -39,7 +40,7 @@ from biasserver.symmetry import SymmetryFunctions
 from .batches import TensorData, predict_batch
 from .config import TrainConfig
 from .dataset import DataError, FrameDescriptors, data_elements, frame_descriptors
-from .model import NNPModel
+from .model import NNPModel, standard_scaling
 
 LOG_COLUMNS = ("member", "epoch", "learning_rate", "loss", "energy_rmse", "force_rmse",
                "val_loss", "val_energy_rmse", "val_force_rmse", "seconds")
@@ -97,16 +98,14 @@ def split_frames(n_frames: int, fraction: float, seed: int) -> tuple[np.ndarray,
 
 
 def fit_scaling(data: FrameDescriptors, frames: np.ndarray) -> tuple[dict, dict, dict]:
-    """Per-element mean and std of G over the atoms of ``frames`` (std 0 -> 1), and
+    """Per-element mean and std of G over the atoms of ``frames`` (floored, see
+    :func:`nnp.model.standard_scaling`), and
     reference energies (eV) by least squares of frame energies on composition."""
     mean, std = {}, {}
     for e in data.elements:
         offset = np.concatenate([[0], np.cumsum(data.counts[e])])
         rows = np.concatenate([np.arange(offset[f], offset[f + 1]) for f in frames])
-        g = data.values[e][rows]
-        mean[e] = g.mean(axis=0)
-        s = g.std(axis=0)
-        std[e] = np.where(s > 1e-12 * max(1.0, np.abs(g).max()), s, 1.0)
+        mean[e], std[e] = standard_scaling(data.values[e][rows])
     comp = data.composition()[frames].astype(np.float64)
     e_ref_values = np.linalg.lstsq(comp, data.energies[frames], rcond=None)[0]
     return mean, std, {e: float(v) for e, v in zip(data.elements, e_ref_values)}
@@ -274,10 +273,8 @@ def train(paths: list[str], output: str, config: TrainConfig, fresh: bool = Fals
     cache_dir = config.cache_dir or os.path.join(os.path.dirname(os.path.abspath(out["model"])), ".nnp-cache")
     dtype = torch.float64 if config.precision == "float64" else torch.float32
     previous_threads = torch.get_num_threads()
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
     if config.threads:
         torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(True)
     try:
         symmetry, data, files = load_training_data(list(paths), config, cache_dir)
         train_idx, val_idx = split_frames(data.n_frames, config.validation_fraction, config.seed)
@@ -317,7 +314,6 @@ def train(paths: list[str], output: str, config: TrainConfig, fresh: bool = Fals
         return model
     finally:
         torch.set_num_threads(previous_threads)
-        torch.use_deterministic_algorithms(previous_deterministic)
 
 
 def _train_member(member: int, state: dict, symmetry, tensors: TensorData, train_idx, val_idx,
