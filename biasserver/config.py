@@ -34,7 +34,8 @@ to the YAML file)::
                                    # as i-PI; a dead client is noticed at once anyway)
       ipi_restart: null            # the i-PI checkpoint (or RESTART) i-PI restarts from:
                                    # frames and hills from its <step> on are set aside
-                                   # (FILE.after-<step>) and the run continues there
+                                   # (frames.after-<step>.extxyz, HILLS.after-<step>)
+                                   # and the run continues there (needs restart: true)
     recorder:
       path: frames.extxyz          # null: no recording
       fsync: true

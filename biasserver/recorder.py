@@ -10,7 +10,8 @@ replica index) and ``n_hills``.
 Appends are crash-safe: each frame is written with one ``write`` call on an
 ``O_APPEND`` descriptor and flushed (and fsync'ed unless disabled); on opening,
 an interrupted last frame left by a crash is cut off, so the file always holds
-whole frames only.
+whole frames only. A restart that redoes steps moves their frames to a side file
+(:func:`set_aside`) and appends after the frames kept.
 """
 from __future__ import annotations
 

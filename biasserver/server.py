@@ -20,7 +20,8 @@ hills deposited at s or later are set aside (:meth:`GMetaDBias.set_aside_from`)
 and deposited again, so the redone step's bias energy, forces and frame are
 those of an uninterrupted run. Given ``restart_step`` (i-PI's ``<step>`` in the
 checkpoint it restarts from), the server also sets aside the frames and hills of
-that step and later (side files ``<file>.after-<step>``) and continues there.
+that step and later (side files ``frames.after-<step>.extxyz`` and
+``HILLS.after-<step>``, see :mod:`biasserver.setaside`) and continues there.
 
 Data flow: positions from i-PI -> units (protocol) -> C kernels -> bias ->
 forces -> units (protocol) -> i-PI.
