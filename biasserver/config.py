@@ -227,10 +227,11 @@ def _check_hills_file(config: "RunConfig", atoms: Atoms, bias: GMetaDBias) -> No
     if content.symmetry != json.loads(json.dumps(bias._symmetry_dict())):
         differences.append("the symmetry functions")
     ours = json.loads(json.dumps(bias.parameters()))
+    theirs = {"jacobian": "folded", **content.bias}   # files from before the option: folded
     for key, value in ours.items():
         # walls and the pruning tolerance shape no hill: a restart may change them
-        if key not in ("walls", "prune_tolerance") and key in content.bias and content.bias[key] != value:
-            differences.append(f"bias.{key} is {content.bias[key]!r} there, {value!r} here")
+        if key not in ("walls", "prune_tolerance") and key in theirs and theirs[key] != value:
+            differences.append(f"bias.{key} is {theirs[key]!r} there, {value!r} here")
     if content.system is not None and content.system != system_of(atoms):
         differences.append(f"it was deposited on {content.system['formula']}, this run is "
                            f"{system_of(atoms)['formula']}")

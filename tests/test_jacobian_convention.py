@@ -231,6 +231,20 @@ def test_conventions_agree_in_a_cell_wider_than_twice_the_cutoff():
     np.testing.assert_allclose(v_i, v_f, rtol=0, atol=1e-9 * np.abs(v_f).max())
 
 
+def test_images_covariance_does_not_depend_on_the_supercell():
+    """The same local environment (perfect diamond Si) in Si8 and in Si216: with
+    ``images`` Si8 deposits the hills of Si216; folding depends on the cell."""
+    sf = SymmetryFunctions.default(["Si"], CUTOFF)
+    small = bulk("Si", "diamond", 5.43, cubic=True)
+    large = hill_covariances(small.repeat(3), sf, {"Si": 1.0}, "folded")["Si"]
+    images = hill_covariances(small, sf, {"Si": 1.0}, "images")["Si"]
+    folded = hill_covariances(small, sf, {"Si": 1.0}, "folded")["Si"]
+    scale = np.abs(large).max()
+    for atom in range(len(small)):
+        np.testing.assert_allclose(images[atom], large[atom], rtol=0, atol=1e-10 * scale)
+    assert np.abs(folded[0] - large[0]).max() > 0.1 * scale
+
+
 @pytest.mark.parametrize("case", ["Si64", "Pt111-H"])
 def test_conventions_differ_in_short_cells(case):
     """Same deposition, bias felt 0.05 A away: a visible difference in energy and forces."""
@@ -290,6 +304,17 @@ def test_images_forces_and_virial_are_derivatives_of_the_energy(case):
             assert fd == pytest.approx(virial[a, b], rel=1e-5, abs=1e-6 * virial_scale), (a, b)
 
 
+def drop_jacobian_key(path):
+    """Make a hills file look written before the option existed: no "jacobian" key."""
+    lines = path.read_text().splitlines(keepends=True)
+    for n, line in enumerate(lines):
+        if line.startswith("#! bias "):
+            params = json.loads(line[len("#! bias "):])
+            del params["jacobian"]
+            lines[n] = f"#! bias {json.dumps(params)}\n"
+    path.write_text("".join(lines))
+
+
 def test_hills_file_stores_and_restores_the_convention(tmp_path):
     atoms = silicon(1)
     sf = SymmetryFunctions.default(["Si"], CUTOFF)
@@ -307,14 +332,9 @@ def test_hills_file_stores_and_restores_the_convention(tmp_path):
     np.testing.assert_array_equal(loaded.hills["Si"].metrics, live.hills["Si"].metrics)
 
     # a file written before the option existed has no "jacobian" key: folded
-    lines = path.read_text().splitlines(keepends=True)
-    for n, line in enumerate(lines):
-        if line.startswith("#! bias "):
-            params = json.loads(line[len("#! bias "):])
-            del params["jacobian"]
-            lines[n] = f"#! bias {json.dumps(params)}\n"
     old = tmp_path / "HILLS.old"
-    old.write_text("".join(lines))
+    old.write_text(path.read_text())
+    drop_jacobian_key(old)
     assert GMetaDBias.load(old).jacobian == "folded"
 
 
@@ -338,4 +358,17 @@ def test_bad_convention_is_refused(tmp_path):
     path.write_text(config % "images")
     bias = load(path).make_bias()
     assert bias.jacobian == "images"
+    bias.deposit(bulk("Si", "diamond", 5.43, cubic=True))
     bias.close()
+    # continuing these hills with the other convention is refused, naming the key
+    path.write_text(config % "folded")
+    with pytest.raises(ConfigError, match="bias.jacobian is 'images' there, 'folded' here"):
+        load(path)
+    # a file from before the option (no "jacobian" key) holds folded hills
+    drop_jacobian_key(tmp_path / "HILLS")
+    bias = load(path).make_bias()
+    assert bias.jacobian == "folded" and bias.n_hills == 8
+    bias.close()
+    path.write_text(config % "images")
+    with pytest.raises(ConfigError, match="bias.jacobian is 'folded' there, 'images' here"):
+        load(path)
