@@ -87,7 +87,7 @@ def cmd_hills(args) -> int:
     content = read(args.file)
     print(f"hills file {args.file}")
     bias = content.bias
-    print(f"  covariance {bias.get('covariance')}, height {bias.get('height')} eV, width {bias.get('width')}, "
+    print(f"  covariance {bias.get('covariance')} (jacobian {bias.get('jacobian', 'folded')}), height {bias.get('height')} eV, width {bias.get('width')}, "
           f"stride {bias.get('stride')}, well-tempered {bias.get('well_tempered')}, "
           f"compression {bias.get('compression')}")
     latest = {}
