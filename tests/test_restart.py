@@ -167,6 +167,31 @@ def test_restart_step_of_ipi_files(tmp_path):
     assert newest(tmp_path, fresh) == (str(tmp_path / "md.checkpoint_1"), 35)
 
 
+def test_ipi_restart_key_is_checked_before_anything_starts(tmp_path):
+    from ase import Atom
+    from ase.build import fcc111
+    from ase.io import write
+    from biasserver.cli import build_server
+    from biasserver.config import ConfigError, load
+    slab = fcc111("Pt", (2, 2, 2), vacuum=5.0)
+    slab.append(Atom("H", slab.positions[-1] + (0.0, 0.0, 1.5)))
+    slab.info.clear()
+    write(tmp_path / "template.xyz", slab)
+    config = write_config(tmp_path, "x", "y", restart=True)
+    text = config.read_text()
+    config.write_text(text.replace("  timeout:", "  ipi_restart: RESTART\n  timeout:"))
+    with pytest.raises(ConfigError, match=r"gmetad.yaml: 'server.ipi_restart': file .*RESTART not found"):
+        load(config)
+    (tmp_path / "RESTART").write_text("<simulation><step>12</step>")   # cut short by a kill
+    with pytest.raises(CheckpointError, match=r"RESTART: not a complete i-PI XML file"):
+        build_server(load(config))
+    assert not (tmp_path / "frames.extxyz").exists() and not (tmp_path / "HILLS").exists()
+    config.write_text(text.replace("  timeout:", "  ipi_restart: RESTART\n  timeout:")
+                      .replace("restart: true", "restart: false"))
+    with pytest.raises(ConfigError, match=r"'server.ipi_restart' continues a run: it needs 'bias.restart: true'"):
+        load(config)
+
+
 # --------------------------------------------------------------------------- #
 # 2. the deposition-step window: a server crashed inside a step redoes it exactly
 # --------------------------------------------------------------------------- #
@@ -359,3 +384,10 @@ def test_whole_job_killed_at_a_random_step_resumes_as_the_uninterrupted_run(tmp_
     potential = list(full).index("potential")
     np.testing.assert_allclose(resumed[:, potential], full["potential"][after], rtol=0,
                                atol=1e-9 * np.abs(full["potential"]).max(), err_msg=where)
+
+    # resuming a finished run does nothing; there is nothing to resume without an output folder
+    again = gmetad_run(str(example), "--output", str(tmp_path / "killed"), "--resume")
+    assert again.returncode == 0 and f"had finished ({JOB_STEPS} steps)" in again.stderr, again.stderr
+    assert len(read(out / "frames.extxyz", ":")) == JOB_STEPS + 1
+    missing = gmetad_run(str(example), "--output", str(tmp_path / "nothing"), "--resume")
+    assert missing.returncode == 2 and "no earlier output" in missing.stderr, missing.stderr
