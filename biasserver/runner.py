@@ -84,17 +84,19 @@ def _socket_name(address: str) -> str:
 
 
 def write_ipi_input(source: str, target: str, ipi_socket: str, old_socket: str,
-                    steps: int | None, base: str, checkpoint_stride: int | None = None) -> str:
+                    steps: int | None, base: str, restartable: bool = False,
+                    checkpoint_stride: int | None = None) -> str:
     """Copy an i-PI input (or checkpoint), pointing the ffsocket at ``ipi_socket``,
-    making file paths absolute and optionally setting total_steps. With
-    ``checkpoint_stride``, also make it restartable exactly: a checkpoint every that
-    many steps unless the input writes one, and EXACT_FLOATFORMAT unless it sets a
-    floatformat. Returns the output prefix."""
+    making file paths absolute and optionally setting total_steps. ``restartable``:
+    also make its restart files continue the run exactly: EXACT_FLOATFORMAT unless
+    the input sets a floatformat, and with ``checkpoint_stride`` a checkpoint every
+    that many steps unless the input writes one. Returns the output prefix."""
     tree = ET.parse(source)
     root = tree.getroot()
     output = root.find("output")
-    if checkpoint_stride is not None:
+    if restartable:
         root.attrib.setdefault("floatformat", EXACT_FLOATFORMAT)
+    if restartable and checkpoint_stride is not None:
         if output is not None and output.find("checkpoint") is None:
             ET.SubElement(output, "checkpoint", filename=CHECKPOINT_NAME, stride=str(int(checkpoint_stride)),
                           overwrite="false")
@@ -154,7 +156,8 @@ class Run:
         self.ipi_input = "input.xml"
         self.prefix = write_ipi_input(config.run.ipi_input, os.path.join(outdir, "input.xml"),
                                       self.ipi_socket, _socket_name(config.server.ipi), steps,
-                                      os.path.dirname(config.run.ipi_input), config.run.checkpoint_stride)
+                                      os.path.dirname(config.run.ipi_input), restartable=True,
+                                      checkpoint_stride=config.run.checkpoint_stride)
         self.total_steps = steps or int(ET.parse(os.path.join(outdir, "input.xml")).findtext("total_steps"))
         data = as_dict(config)
         data.pop("run")

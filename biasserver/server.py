@@ -140,6 +140,7 @@ class BiasServer:
                  allow_remote: bool = False, compute_timeout: Optional[float] = None,
                  connect_timeout: float = 120.0, accept_timeout: Optional[float] = None,
                  restart_step: int | None = None):
+        self._crash_at = _crash_point()
         self.bias = bias
         self.template = template
         self.natoms = len(template)
@@ -171,7 +172,6 @@ class BiasServer:
             bias.step_count = self.step   # deposition times follow the recorded MD steps
         #: the first step served: the hills of it and later steps are set aside then
         self._first_step = True
-        self._crash_at = _crash_point()
 
     @property
     def listen_address(self):
