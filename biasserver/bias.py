@@ -317,6 +317,7 @@ class GMetaDBias:
             bias = cls(sf, **params)
         except (KeyError, TypeError, ValueError) as err:
             raise HillsFileError(f"{path}: header does not describe a valid bias: {err}") from None
+        bias.system = content.system
         bias.load_hills(path)
         if append:
             bias.record_hills(path)
