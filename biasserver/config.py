@@ -23,7 +23,9 @@ to the YAML file)::
       hills_file: HILLS
       restart: true                # continue from hills_file when it exists
       reuse_hills: false           # true: continue from a hills file written by another
-                                   # run (other bias parameters or system); refused otherwise
+                                   # run (other bias parameters or system); refused otherwise.
+                                   # Its hills stay, new ones are appended, and step labels
+                                   # go on after its last hill
       enabled: true                # false: no hills (walls stay): plain MD
     server:
       mode: proxy                  # proxy or bias
