@@ -64,6 +64,11 @@ class GMetaDBias:
         h exp(-U(G_i) / (k_B Delta T)); None for plain metadynamics.
     compression: Mahalanobis distance below which a new hill is merged into the
         nearest existing one (None: never merge).
+    max_hills: cap on the hills of each element (None: no cap). Once an element
+        holds this many, every new hill is merged into its nearest hill (moment
+        matching, as compression), so the cost of a step stops growing. Nearest:
+        smallest (G - mu_s)^T A_s (G - mu_s) among the hill nearest before the
+        deposition and the hills added or merged earlier in the same deposition.
     walls: wall objects (:mod:`biasserver.walls`) or their dict forms.
     prune_tolerance: hills weighing less than this fraction of their height at a
         query are skipped (a rigorous bound; 0 disables pruning).
@@ -74,7 +79,8 @@ class GMetaDBias:
                  stride: int, species: Mapping[str, float], covariance: str = "adaptive",
                  regularization: float = 1e-4, jacobian: str = "folded",
                  well_tempered: float | None = None,
-                 compression: float | None = None, walls: Sequence | None = None,
+                 compression: float | None = None, max_hills: int | None = None,
+                 walls: Sequence | None = None,
                  prune_tolerance: float = DEFAULT_PRUNE_TOLERANCE,
                  hills_file: str | os.PathLike | None = None):
         if not height > 0:
@@ -93,6 +99,8 @@ class GMetaDBias:
             raise ValueError(f"well_tempered (bias temperature) must be > 0 K, got {well_tempered}")
         if compression is not None and not compression > 0:
             raise ValueError(f"compression threshold must be > 0, got {compression}")
+        if max_hills is not None and (int(max_hills) != max_hills or max_hills < 1):
+            raise ValueError(f"max_hills must be a positive integer or None, got {max_hills}")
         if not 0 <= prune_tolerance < 1:
             raise ValueError(f"prune_tolerance must be in [0, 1), got {prune_tolerance}")
         for element, coefficient in species.items():
@@ -108,6 +116,7 @@ class GMetaDBias:
         self.jacobian = jacobian
         self.well_tempered = None if well_tempered is None else float(well_tempered)
         self.compression = None if compression is None else float(compression)
+        self.max_hills = None if max_hills is None else int(max_hills)
         self.walls = [wall_from_dict(w) if isinstance(w, dict) else w for w in (walls or [])]
         #: the structure this bias acts on, {"formula": ..., "pbc": [...]}, stored in the
         #: hills file so that a run refuses hills deposited on another system
@@ -135,7 +144,8 @@ class GMetaDBias:
                 "species": self.species, "covariance": self.covariance,
                 "regularization": self.regularization, "jacobian": self.jacobian,
                 "well_tempered": self.well_tempered,
-                "compression": self.compression, "prune_tolerance": self.prune_tolerance,
+                "compression": self.compression, "max_hills": self.max_hills,
+                "prune_tolerance": self.prune_tolerance,
                 "walls": [w.to_dict() for w in self.walls]}
 
     def _symmetry_dict(self) -> dict:
@@ -223,21 +233,30 @@ class GMetaDBias:
             hills = self.hills[e]
             values = desc.values[e]
             heights = np.full(len(values), self.height)
-            if self.well_tempered is not None and len(hills):
-                felt = coefficient * hills.evaluate(values, gradient=False)[0]
-                heights = self.height * np.exp(-felt / (KB * self.well_tempered))
+            merging = self.compression is not None or self.max_hills is not None
+            near_index = near_q = None
+            if len(hills) and (merging or self.well_tempered is not None):
+                felt, near_index, near_q = hills.nearest(values)
+                if self.well_tempered is not None:
+                    heights = self.height * np.exp(-coefficient * felt / (KB * self.well_tempered))
             metrics = [self._metric(desc, e, c) for c in range(len(values))]
+            touched: list[int] = []     # hills added or merged in this deposition
             for c in range(len(values)):
                 if metrics[c] is None:
                     log.warning("step %d: %s atom %d has no neighbour within the cutoff; no hill for it",
                                 self.step_count, e, int(desc.indices[e][c]))
                     continue
-                index = self._merge_target(hills, values[c])
+                index = None
+                if merging:
+                    index = self._merge_target(hills, values[c], near_index[c] if near_index is not None else -1,
+                                               near_q[c] if near_q is not None else np.inf, touched)
                 if index is None:
                     index = hills.add(values[c], heights[c], metrics[c], self.step_count)
                     added += 1
                 else:
                     hills.merge_into(index, values[c], heights[c], metrics[c], self.step_count)
+                if index not in touched:
+                    touched.append(index)
                 records.append(HillRecord(index, self.step_count, e, float(hills.heights[index]),
                                           hills.centres[index], hills.metrics[index]))
         if self._writer is not None:
@@ -260,12 +279,41 @@ class GMetaDBias:
         metric = (eigvec / eigval) @ eigvec.T
         return 0.5 * (metric + metric.T)
 
-    def _merge_target(self, hills: HillSet, centre: np.ndarray) -> int | None:
-        if self.compression is None or len(hills) == 0:
+    def _merge_target(self, hills: HillSet, centre: np.ndarray, nearest: int = -1,
+                      nearest_q: float = np.inf, touched: Sequence[int] = ()) -> int | None:
+        """The hill a new hill at ``centre`` merges into, or None to add it.
+
+        Candidates: ``nearest`` (the hill of smallest q before this deposition, from
+        the kernel; -1 when every hill was pruned, all q > q_cut) with ``nearest_q``,
+        and the ``touched`` hills (added or merged earlier in this deposition), whose
+        q is computed here. Merge when the best q is below compression^2, or always
+        once the element holds max_hills hills."""
+        if len(hills) == 0 or (self.compression is None and self.max_hills is None):
             return None
-        q = hills.mahalanobis2(centre)
-        best = int(np.argmin(q))
-        return best if q[best] < self.compression**2 else None
+        best, best_q = (int(nearest), float(nearest_q)) if nearest >= 0 and nearest not in touched \
+            else (-1, np.inf)
+        if len(touched):
+            idx = np.asarray(touched, dtype=np.int64)
+            diff = centre[None, :] - hills.centres[idx]
+            if hills.adaptive:
+                q = np.einsum("sd,sde,se->s", diff, hills.metrics[idx], diff)
+            else:
+                q = hills.metrics[idx] * np.einsum("sd,sd->s", diff, diff)
+            k = int(np.argmin(q))
+            if q[k] < best_q or (q[k] == best_q and idx[k] < best):
+                best, best_q = int(idx[k]), float(q[k])
+        capped = self.max_hills is not None and len(hills) >= self.max_hills
+        # the kernel prunes hills with q > q_cut: search them all when they may matter
+        far = best < 0 or best_q > hills.q_cut or hills.q_cut <= 0
+        if far and (capped or (self.compression is not None and self.compression**2 > hills.q_cut)):
+            q = hills.mahalanobis2(centre)
+            best = int(np.argmin(q))
+            best_q = float(q[best])
+        if best < 0:
+            return None
+        if capped or (self.compression is not None and best_q < self.compression**2):
+            return best
+        return None
 
     # -- persistence --------------------------------------------------------
     def _records(self) -> list[HillRecord]:

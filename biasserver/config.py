@@ -81,6 +81,7 @@ class BiasSettings:
     jacobian: str = "folded"
     well_tempered: float | None = None
     compression: float | None = None
+    max_hills: int | None = None
     walls: list = field(default_factory=list)
     prune_tolerance: float = 1e-12
     hills_file: str | None = "HILLS"
@@ -173,7 +174,8 @@ class RunConfig:
         b = self.bias
         return dict(height=b.height, width=b.width, stride=b.stride, species=b.species,
                     covariance=b.covariance, regularization=b.regularization, jacobian=b.jacobian,
-                    well_tempered=b.well_tempered, compression=b.compression, walls=b.walls,
+                    well_tempered=b.well_tempered, compression=b.compression,
+                    max_hills=b.max_hills, walls=b.walls,
                     prune_tolerance=b.prune_tolerance)
 
 

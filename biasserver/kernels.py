@@ -3,9 +3,14 @@
 Each function checks shapes and dtypes, passes contiguous float64/int arrays to
 C as pointers and turns C error codes into Python exceptions. Units are those of
 the inputs: the package feeds angstrom and eV.
+
+The symmetry-function and hills kernels run AVX2 + FMA code on CPUs that have it
+and baseline x86-64 code otherwise; ``GMETAD_KERNEL_ISA=sse2|avx2|auto`` in the
+environment, or :func:`set_isa`, forces a path (results agree to round-off).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,11 +155,14 @@ def symmetry_functions(centres: np.ndarray, types: np.ndarray, neighbours: Neigh
 def gaussian_sum(query: np.ndarray, centres: np.ndarray, heights: np.ndarray,
                  inv_cov: np.ndarray | None = None, inv_var: np.ndarray | None = None,
                  min_eig: np.ndarray | None = None, blocks=None, q_cut: float = 0.0,
-                 gradient: bool = True):
+                 gradient: bool = True, nearest: bool = False):
     """V(g) = sum_s h_s exp(-q_s/2) and dV/dg at each query row (see gmetad.h).
 
-    blocks: None, or (order, block_start, block_centre, block_radius, block_min_eig).
-    Returns (energy (Q,), gradient (Q, D) or None, number of hills evaluated).
+    blocks: None, or (order, block_first, block_count, block_centre, block_radius,
+    block_min_eig): block b holds hills order[first[b]:first[b] + count[b]].
+    Returns (energy (Q,), gradient (Q, D) or None, number of (query, hill) pairs
+    evaluated), and with nearest=True also (index (Q,), q (Q,)) of each query's
+    nearest hill in the metric of that hill (-1, inf when every hill was pruned).
     """
     query = _f64(query)
     n_query, dim = query.shape
@@ -166,20 +174,68 @@ def gaussian_sum(query: np.ndarray, centres: np.ndarray, heights: np.ndarray,
     min_eig = None if min_eig is None else _f64(min_eig)
     energy = np.zeros(n_query)
     grad = np.zeros((n_query, dim)) if gradient else None
+    near_index = np.empty(n_query, dtype=np.int32) if nearest else None
+    near_q = np.empty(n_query) if nearest else None
     evaluated = ffi.new("long *")
     if blocks is None:
-        n_blocks, order, start, bc, br, bm = 0, None, None, None, None, None
+        n_blocks, order, first, count, bc, br, bm = 0, None, None, None, None, None, None
     else:
-        order, start, bc, br, bm = blocks
-        n_blocks = len(start) - 1
+        order, first, count, bc, br, bm = blocks
+        n_blocks = len(count)
         order = np.ascontiguousarray(order, dtype=np.int32)
-        start = np.ascontiguousarray(start, dtype=np.int32)
+        first = np.ascontiguousarray(first, dtype=np.int32)
+        count = np.ascontiguousarray(count, dtype=np.int32)
         bc, br, bm = _f64(bc), _f64(br), _f64(bm)
     code = lib.gm_gaussian_sum(
         n_query, dim, _ptr("double *", query), n_hills, _ptr("double *", centres),
         _ptr("double *", heights), _ptr("double *", inv_cov), _ptr("double *", inv_var),
-        _ptr("double *", min_eig), n_blocks, _ptr("int *", order), _ptr("int *", start),
-        _ptr("double *", bc), _ptr("double *", br), _ptr("double *", bm), float(q_cut),
-        _ptr("double *", energy), _ptr("double *", grad), evaluated)
+        _ptr("double *", min_eig), n_blocks, _ptr("int *", order), _ptr("int *", first),
+        _ptr("int *", count), _ptr("double *", bc), _ptr("double *", br), _ptr("double *", bm),
+        float(q_cut), _ptr("double *", energy), _ptr("double *", grad),
+        _ptr("int *", near_index), _ptr("double *", near_q), evaluated)
     _check(code, "Gaussian sum")
+    if nearest:
+        return energy, grad, int(evaluated[0]), (near_index.astype(np.int64), near_q)
     return energy, grad, int(evaluated[0])
+
+
+#: names of the code paths of the vector kernels (gm_set_isa)
+ISAS = {"auto": int(lib.GM_ISA_AUTO), "sse2": int(lib.GM_ISA_BASELINE), "avx2": int(lib.GM_ISA_AVX2)}
+#: environment variable read at import: auto (default), sse2 or avx2
+ISA_VARIABLE = "GMETAD_KERNEL_ISA"
+
+
+def set_isa(name: str) -> str:
+    """Force the code path of the symmetry-function and hills kernels: "avx2" (AVX2
+    + FMA), "sse2" (the baseline x86-64 build) or "auto" (AVX2 where the CPU has it,
+    the default). Returns the path now in use; ValueError if it cannot run here.
+    Process-wide: call it before kernels run in other threads."""
+    if name not in ISAS:
+        raise ValueError(f"kernel code path must be one of {', '.join(ISAS)}, got {name!r}")
+    code = lib.gm_set_isa(ISAS[name])
+    if code < 0:
+        raise ValueError(f"the {name} code path of the kernels cannot run on this CPU or build")
+    return isa()
+
+
+def isa() -> str:
+    """The code path the kernels use: "avx2" or "sse2"."""
+    code = int(lib.gm_isa())
+    return "avx2" if code == ISAS["avx2"] else "sse2"
+
+
+def isa_available(name: str) -> bool:
+    """Whether ``name`` ("auto", "sse2" or "avx2") can run on this CPU with this build."""
+    return bool(lib.gm_isa_available(ISAS[name]))
+
+
+def _isa_from_environment() -> None:
+    name = os.environ.get(ISA_VARIABLE, "").strip().lower()
+    if name:
+        try:
+            set_isa(name)
+        except ValueError as err:
+            raise ValueError(f"environment variable {ISA_VARIABLE}={name!r}: {err}") from None
+
+
+_isa_from_environment()

@@ -2,7 +2,9 @@
 
 Used by setup.py (``cffi_modules``) at ``pip install``; ``python ckernels/build.py``
 builds the extension in place for development. Compiles with -O3 and with OpenMP
-when the compiler supports it.
+when the compiler supports it; the vector kernels carry an AVX2 + FMA copy chosen at
+run time (ckernels/dispatch.c), so a default build is fast on current CPUs and
+runs on any x86-64.
 """
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ import tempfile
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["neighbours.c", "symmetry.c", "gaussians.c"]
+# symmetry.c and gaussians.c are compiled twice: as they are (baseline x86-64) and,
+# through their *_avx2.c wrappers, for AVX2 + FMA; dispatch.c picks at run time.
+SOURCES = ["neighbours.c", "symmetry.c", "symmetry_avx2.c", "gaussians.c", "gaussians_avx2.c",
+           "dispatch.c"]
 
 
 def _cdef_from_header(path: str) -> str:

@@ -1,34 +1,167 @@
 /* Sums of Gaussian hills in symmetry-function space, with rigorous pruning.
  * See gmetad.h for the contract.
  *
+ * This file is compiled twice: as it is (the baseline x86-64 build, SSE2) and,
+ * through gaussians_avx2.c, for AVX2 + FMA; dispatch.c picks one at run time.
+ * GM_VARIANT names the copy.
+ *
  * Loop order: hills outer, queries inner. The queries are processed in chunks
- * (one or more per thread); every hill (its D x D metric, 5.4 kB for D = 26) is
- * read once per chunk instead of once per query, and the quadratic forms of one
- * hill against all live queries of the chunk are computed together, vectorised
- * across queries (a D x D by D x m product). Per query, every sum runs over the
- * same terms in the same order as a plain one-query-at-a-time loop (no
- * reassociation), so results do not depend on the chunking or on the number of
- * threads. */
+ * (one or more per thread). Per block of hills, the queries the block test keeps
+ * are gathered, transposed (dim x m, m padded to a multiple of 8), and every hill
+ * of the block is applied to all of them at once:
+ *   dt = g - mu          (contiguous centred differences, one vector op per 4)
+ *   y  = A dt, q = dt.y  (register-tiled D x D by D x m product; FMA on AVX2)
+ *   w  = h exp(-q/2)     (vectorised exp, gm_vexp)
+ *   V += w, dV/dg -= w y (accumulated in the block's own column order: no scatter)
+ * The per-hill bound min_eig |g - mu|^2 > q_cut needs |g - mu|^2, which is only
+ * computed when the block bound shows that some hill of the block may fail it.
+ * Pruned pairs get weight exactly 0. Per query every sum runs over the same terms
+ * in the same order whatever the other queries of the chunk are, so results are
+ * bit-identical run to run, for any chunking and any number of threads; they
+ * depend only on the build and on the code path (baseline or AVX2). */
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#include "gmetad.h"
-
-/* Queries per chunk: scratch is about 3 * dim * QCHUNK doubles per thread. */
-#define QCHUNK 64
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-/* AVX2 clone chosen at load time when the CPU has it. Without FMA contraction
- * (-std=c99 implies -ffp-contract=off) it rounds exactly as the default clone. */
-#define GM_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define GM_CLONES
+#if defined(__FMA__)
+#include <immintrin.h>
 #endif
+
+#include "gmetad.h"
+#include "variants.h"
+
+#ifndef GM_VARIANT
+#define GM_VARIANT base
+#endif
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+/* Queries per chunk: scratch is about 8 * dim * QCHUNK doubles per thread. */
+#define QCHUNK 64
+/* Columns per vector tile: two vectors of four doubles. */
+#define JT 8
+
+typedef double v4d __attribute__((vector_size(32)));
+typedef long long v4l __attribute__((vector_size(32)));
+static inline v4d load4(const double *p) { v4d v; memcpy(&v, p, sizeof v); return v; }
+static inline void store4(double *p, v4d x) { memcpy(p, &x, sizeof x); }
+static inline v4d bcast(double x) { v4d v = {x, x, x, x}; return v; }
+
+#if defined(__FMA__)
+/* c + a * b with one rounding */
+#define VFMA(a, b, c) ((v4d)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
+#define WIDE_TILES 1
+#else
+#define VFMA(a, b, c) ((c) + (a) * (b))
+#define WIDE_TILES 0
+#endif
+
+/* exp(x) for x <= 0, lane-wise: x = n ln2 + r, |r| <= ln2/2, exp(r) by its Taylor
+ * series to r^13 (truncation below 1e-17 relative), 2^n from the exponent bits.
+ * x < -708 gives 0 (below the smallest normal double). Within 2 ulp of exp. */
+static inline v4d gm_vexp(v4d x) {
+    const v4d log2e = bcast(1.4426950408889634), shift = bcast(6755399441055744.0); /* 1.5 * 2^52 */
+    const v4d ln2_hi = bcast(0.693147180369123816490), ln2_lo = bcast(1.90821492927058770002e-10);
+    const v4d lo = bcast(-708.0);
+    const v4l under = x < lo;
+    x = (v4d)(((v4l)x & ~under) | ((v4l)lo & under));
+    const v4d t = VFMA(x, log2e, shift);
+    const v4d n = t - shift;
+    v4d r = x - n * ln2_hi;
+    r = r - n * ln2_lo;
+    v4d p = bcast(1.0 / 6227020800.0);             /* 1/13! */
+    p = VFMA(p, r, bcast(1.0 / 479001600.0));     /* 1/12! */
+    p = VFMA(p, r, bcast(1.0 / 39916800.0));
+    p = VFMA(p, r, bcast(1.0 / 3628800.0));
+    p = VFMA(p, r, bcast(1.0 / 362880.0));
+    p = VFMA(p, r, bcast(1.0 / 40320.0));
+    p = VFMA(p, r, bcast(1.0 / 5040.0));
+    p = VFMA(p, r, bcast(1.0 / 720.0));
+    p = VFMA(p, r, bcast(1.0 / 120.0));
+    p = VFMA(p, r, bcast(1.0 / 24.0));
+    p = VFMA(p, r, bcast(1.0 / 6.0));
+    p = VFMA(p, r, bcast(0.5));
+    p = VFMA(p, r, bcast(1.0));
+    p = VFMA(p, r, bcast(1.0));
+    const v4l bias = {1023, 1023, 1023, 1023};
+    const v4d scale = (v4d)(((v4l)t + bias) << 52);
+    return (v4d)((v4l)(p * scale) & ~under);
+}
+
+/* One register tile of the product: rows r0 .. r0+R-1 of y = A dt for columns
+ * j .. j+7, then q[j..j+7] += y[r] * dt[r] for those rows in ascending order. */
+#define DEFINE_TILE(R)                                                                     \
+    static inline void tile##R(int dim, int r0, int j, int ld, const double *a,           \
+                               const double *dt, double *y, double *q) {                  \
+        v4d c[R][2];                                                                       \
+        for (int t = 0; t < R; t++) c[t][0] = c[t][1] = bcast(0.0);                        \
+        const double *ar = a + (size_t)r0 * dim;                                           \
+        for (int k = 0; k < dim; k++) {                                                    \
+            const double *d = dt + (size_t)k * ld + j;                                     \
+            const v4d d0 = load4(d), d1 = load4(d + 4);                                    \
+            for (int t = 0; t < R; t++) {                                                  \
+                const v4d b = bcast(ar[(size_t)t * dim + k]);                              \
+                c[t][0] = VFMA(b, d0, c[t][0]);                                            \
+                c[t][1] = VFMA(b, d1, c[t][1]);                                            \
+            }                                                                              \
+        }                                                                                  \
+        v4d q0 = load4(q + j), q1 = load4(q + j + 4);                                      \
+        for (int t = 0; t < R; t++) {                                                      \
+            double *yr = y + (size_t)(r0 + t) * ld + j;                                    \
+            const double *dr = dt + (size_t)(r0 + t) * ld + j;                             \
+            store4(yr, c[t][0]);                                                           \
+            store4(yr + 4, c[t][1]);                                                       \
+            q0 = VFMA(c[t][0], load4(dr), q0);                                             \
+            q1 = VFMA(c[t][1], load4(dr + 4), q1);                                         \
+        }                                                                                  \
+        store4(q + j, q0);                                                                 \
+        store4(q + j + 4, q1);                                                             \
+    }
+DEFINE_TILE(1)
+DEFINE_TILE(2)
+#if WIDE_TILES
+DEFINE_TILE(4)
+DEFINE_TILE(6)
+#endif
+
+/* y = A dt (dim x m, row stride ld) and q[j] = sum_r y[r][j] dt[r][j] (r ascending,
+ * from 0.0), for m a multiple of JT. Row tiles of 6 and 4 rows with FMA (16 and
+ * 12 of the 16 AVX registers), of 2 rows otherwise (SSE2 has 16 half-width ones). */
+static void quadratic_forms(int dim, int m, int ld, const double *a, const double *dt,
+                            double *y, double *q) {
+    for (int j = 0; j < m; j++) q[j] = 0.0;
+    int r = 0;
+#if WIDE_TILES
+    int n6 = dim / 6, rest = dim % 6;
+    if (rest == 2 && n6 > 0) { n6--; rest += 6; } /* 26 = 6 + 6 + 6 + 4 + 4 */
+    for (int b = 0; b < n6; b++, r += 6)
+        for (int j = 0; j < m; j += JT) tile6(dim, r, j, ld, a, dt, y, q);
+    for (; r + 4 <= dim; r += 4)
+        for (int j = 0; j < m; j += JT) tile4(dim, r, j, ld, a, dt, y, q);
+#endif
+    for (; r + 2 <= dim; r += 2)
+        for (int j = 0; j < m; j += JT) tile2(dim, r, j, ld, a, dt, y, q);
+    for (; r < dim; r++)
+        for (int j = 0; j < m; j += JT) tile1(dim, r, j, ld, a, dt, y, q);
+}
+
+/* Scratch of one thread, for chunks of up to ld queries (ld a multiple of JT). */
+typedef struct {
+    int ld;
+    double *gq;    /* dim x ld: the block's live queries, transposed */
+    double *dt;    /* dim x ld: g - mu */
+    double *y;     /* dim x ld: A (g - mu) */
+    double *bg;    /* dim x ld: the block's gradient accumulators */
+    double *gt;    /* dim x ld: the chunk's gradient accumulators, by chunk position */
+    double *q, *w, *d2, *bv, *v, *near_q; /* ld each */
+    int *live;     /* ld: chunk positions of the block's live queries */
+    int *near_i;   /* ld */
+} scratch_t;
 
 static double distance2(int dim, const double *x, const double *y) {
     double s = 0.0;
@@ -36,205 +169,158 @@ static double distance2(int dim, const double *x, const double *y) {
     return s;
 }
 
-/* y[r][j] = sum_k a[r][k] dt[k][j] (k ascending, from 0.0) and
- * q[j] = sum_r y[r][j] dt[r][j] (r ascending, from 0.0), for j < m rounded up to a
- * multiple of JT (ld is a multiple of JT; columns past m are scratch).
- * dt, y: dim rows of stride ld. */
-#define JT 8
-#if defined(__GNUC__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef double v4d __attribute__((vector_size(32)));
-typedef double v4du __attribute__((vector_size(32), aligned(8), may_alias));
-static inline v4d load4(const double *p) { return *(const v4du *)p; }
-static inline void store4(double *p, v4d x) { *(v4du *)p = x; }
-static inline v4d bcast(double x) { v4d v = {x, x, x, x}; return v; }
-
-GM_CLONES
-static void quadratic_forms(int dim, int m, int ld, const double *a, const double *dt,
-                            double *y, double *q) {
-    const v4d zero = {0.0, 0.0, 0.0, 0.0};
-    int r = 0;
-    for (; r + 4 <= dim; r += 4) {
-        const double *a0 = a + (size_t)r * dim, *a1 = a0 + dim, *a2 = a1 + dim, *a3 = a2 + dim;
-        for (int j = 0; j < m; j += JT) {
-            v4d c0 = zero, c1 = zero, c2 = zero, c3 = zero, c4 = zero, c5 = zero, c6 = zero, c7 = zero;
-            for (int k = 0; k < dim; k++) {
-                const double *d = dt + (size_t)k * ld + j;
-                const v4d lo = load4(d), hi = load4(d + 4);
-                const v4d b0 = bcast(a0[k]), b1 = bcast(a1[k]), b2 = bcast(a2[k]), b3 = bcast(a3[k]);
-                c0 += b0 * lo; c1 += b0 * hi;
-                c2 += b1 * lo; c3 += b1 * hi;
-                c4 += b2 * lo; c5 += b2 * hi;
-                c6 += b3 * lo; c7 += b3 * hi;
-            }
-            double *yr = y + (size_t)r * ld + j;
-            store4(yr, c0); store4(yr + 4, c1);
-            store4(yr + ld, c2); store4(yr + ld + 4, c3);
-            store4(yr + 2 * (size_t)ld, c4); store4(yr + 2 * (size_t)ld + 4, c5);
-            store4(yr + 3 * (size_t)ld, c6); store4(yr + 3 * (size_t)ld + 4, c7);
-        }
-    }
-    for (; r < dim; r++) {
-        const double *a0 = a + (size_t)r * dim;
-        for (int j = 0; j < m; j += JT) {
-            v4d c0 = zero, c1 = zero;
-            for (int k = 0; k < dim; k++) {
-                const double *d = dt + (size_t)k * ld + j;
-                const v4d b0 = bcast(a0[k]);
-                c0 += b0 * load4(d); c1 += b0 * load4(d + 4);
-            }
-            store4(y + (size_t)r * ld + j, c0);
-            store4(y + (size_t)r * ld + j + 4, c1);
-        }
-    }
-    for (int j = 0; j < m; j += JT) {
-        v4d q0 = zero, q1 = zero;
-        for (int s = 0; s < dim; s++) {
-            const double *yr = y + (size_t)s * ld + j, *d = dt + (size_t)s * ld + j;
-            q0 += load4(yr) * load4(d);
-            q1 += load4(yr + 4) * load4(d + 4);
-        }
-        store4(q + j, q0);
-        store4(q + j + 4, q1);
-    }
-}
-#else
-static void quadratic_forms(int dim, int m, int ld, const double *a, const double *dt,
-                            double *y, double *q) {
-    (void)ld;
-    for (int r = 0; r < dim; r++) {
-        const double *ar = a + (size_t)r * dim;
-        double *yr = y + (size_t)r * ld;
-        for (int j = 0; j < m; j++) yr[j] = 0.0;
-        for (int k = 0; k < dim; k++) {
-            const double *d = dt + (size_t)k * ld;
-            for (int j = 0; j < m; j++) yr[j] += ar[k] * d[j];
-        }
-    }
-    for (int j = 0; j < m; j++) q[j] = 0.0;
-    for (int s = 0; s < dim; s++)
-        for (int j = 0; j < m; j++) q[j] += y[(size_t)s * ld + j] * dt[(size_t)s * ld + j];
-}
-#endif
-
-/* Scratch of one thread, for chunks of up to ld queries. */
-typedef struct {
-    int ld;
-    double *dt;    /* dim x ld: g - mu of the live queries, transposed */
-    double *y;     /* dim x ld: A (g - mu) */
-    double *gt;    /* dim x ld: gradient accumulators, transposed, by chunk position */
-    double *v;     /* ld: energy accumulators */
-    double *q;     /* ld */
-    int *live;     /* ld: queries (chunk positions) that survive the block test */
-    int *pos;      /* ld: chunk position of each compacted column of dt */
-} scratch_t;
-
 static long sum_chunk(int dim, int nq, const double *query, int n_hills,
                       const double *centres, const double *heights,
                       const double *inv_cov, const double *inv_var,
                       const double *min_eig, int n_blocks, const int *order,
-                      const int *block_start, const double *block_centre,
-                      const double *block_radius, const double *block_min_eig,
-                      double q_cut, double *energy, double *gradient, scratch_t *w) {
+                      const int *block_first, const int *block_count,
+                      const double *block_centre, const double *block_radius,
+                      const double *block_min_eig, double q_cut, double *energy,
+                      double *gradient, int *nearest, double *nearest_q, scratch_t *w) {
     const int ld = w->ld;
     const int prune = q_cut > 0.0;
     const int nb = n_blocks > 0 ? n_blocks : 1;
     long evaluated = 0;
-    for (int i = 0; i < nq; i++) w->v[i] = 0.0;
-    /* gradient accumulators: transposed (dim x ld) for adaptive hills, row-major
-     * (nq x dim) for isotropic ones */
-    if (gradient)
-        for (size_t k = 0; k < (size_t)dim * ld; k++) w->gt[k] = 0.0;
+    for (int i = 0; i < nq; i++) { w->v[i] = 0.0; w->near_q[i] = INFINITY; w->near_i[i] = -1; }
+    if (gradient) memset(w->gt, 0, sizeof(double) * (size_t)dim * ld);
     for (int blk = 0; blk < nb; blk++) {
-        const int first = n_blocks > 0 ? block_start[blk] : 0;
-        const int last = n_blocks > 0 ? block_start[blk + 1] : n_hills;
-        int n_live = 0;
+        const int first = n_blocks > 0 ? block_first[blk] : 0;
+        const int count = n_blocks > 0 ? block_count[blk] : n_hills;
+        if (count <= 0) continue;
+        /* does any hill of the block fail the per-hill test for some live query?
+         * Only then is |g - mu|^2 needed (isotropic hills always need it). */
+        double max_min_eig = 0.0;
+        if (prune && min_eig)
+            for (int t = 0; t < count; t++) {
+                const int s = n_blocks > 0 ? order[first + t] : t;
+                if (min_eig[s] > max_min_eig) max_min_eig = min_eig[s];
+            }
+        int n_live = 0, per_hill = prune && min_eig && n_blocks == 0;
         for (int i = 0; i < nq; i++) {
             if (prune && n_blocks > 0) {
                 const double *g = query + (size_t)i * dim;
-                double gap = sqrt(distance2(dim, g, block_centre + (size_t)blk * dim)) - block_radius[blk];
+                const double dist = sqrt(distance2(dim, g, block_centre + (size_t)blk * dim));
+                const double gap = dist - block_radius[blk];
                 if (gap > 0.0 && block_min_eig[blk] * gap * gap > q_cut) continue;
+                const double reach = dist + block_radius[blk];
+                /* margin: no hill passing this test can fail the computed one */
+                if (min_eig && max_min_eig * reach * reach * (1.0 + 1e-9) > q_cut) per_hill = 1;
             }
             w->live[n_live++] = i;
         }
         if (n_live == 0) continue;
-        for (int t = first; t < last; t++) {
-            const int s = (n_blocks > 0 && order) ? order[t] : t;
+        const int m = (n_live + JT - 1) / JT * JT;
+        /* gather the live queries, transposed; padding columns are zeros (their
+         * results are computed and never used) */
+        for (int k = 0; k < dim; k++) {
+            double *row = w->gq + (size_t)k * ld;
+            for (int l = 0; l < n_live; l++) row[l] = query[(size_t)w->live[l] * dim + k];
+            for (int l = n_live; l < m; l++) row[l] = 0.0;
+        }
+        for (int l = 0; l < m; l++) w->bv[l] = 0.0;
+        if (gradient)
+            for (int k = 0; k < dim; k++) memset(w->bg + (size_t)k * ld, 0, sizeof(double) * m);
+        const int need_d2 = per_hill || !inv_cov;
+        for (int t = 0; t < count; t++) {
+            const int s = n_blocks > 0 && order ? order[first + t] : t;
             const double *mu = centres + (size_t)s * dim;
-            const double h = heights[s];
-            if (!inv_cov) {
-                /* isotropic: O(dim) per pair, one query at a time */
-                const double iv = inv_var[s];
-                double *diff = w->dt;
+            for (int k = 0; k < dim; k++) {
+                const v4d muk = bcast(mu[k]);
+                const double *gk = w->gq + (size_t)k * ld;
+                double *dk = w->dt + (size_t)k * ld;
+                for (int j = 0; j < m; j += 4) store4(dk + j, load4(gk + j) - muk);
+            }
+            if (need_d2) {
+                for (int j = 0; j < m; j += 4) {
+                    v4d acc = bcast(0.0);
+                    for (int k = 0; k < dim; k++) {
+                        const v4d d = load4(w->dt + (size_t)k * ld + j);
+                        acc = VFMA(d, d, acc);
+                    }
+                    store4(w->d2 + j, acc);
+                }
+            }
+            const double iv = inv_cov ? 0.0 : inv_var[s];
+            if (inv_cov)
+                quadratic_forms(dim, m, ld, inv_cov + (size_t)s * dim * dim, w->dt, w->y, w->q);
+            else
+                for (int j = 0; j < m; j += 4) store4(w->q + j, bcast(iv) * load4(w->d2 + j));
+            const v4d h = bcast(heights[s]), half = bcast(-0.5);
+            for (int j = 0; j < m; j += 4) store4(w->w + j, h * gm_vexp(half * load4(w->q + j)));
+            int kept = n_live;
+            if (per_hill) {
+                const double e = min_eig[s];
+                kept = 0;
                 for (int l = 0; l < n_live; l++) {
+                    if (e * w->d2[l] > q_cut) w->w[l] = 0.0;
+                    else kept++;
+                }
+            }
+            evaluated += kept;
+            if (nearest)
+                for (int l = 0; l < n_live; l++) {
+                    if (per_hill && min_eig[s] * w->d2[l] > q_cut) continue;
                     const int i = w->live[l];
-                    const double *g = query + (size_t)i * dim;
-                    double d2 = 0.0;
-                    for (int k = 0; k < dim; k++) { diff[k] = g[k] - mu[k]; d2 += diff[k] * diff[k]; }
-                    if (prune && min_eig && min_eig[s] * d2 > q_cut) continue;
-                    evaluated++;
-                    const double wt = h * exp(-0.5 * (iv * d2));
-                    w->v[i] += wt;
-                    if (gradient) {
-                        double *gi = w->gt + (size_t)i * dim;
-                        for (int k = 0; k < dim; k++) gi[k] -= wt * (iv * diff[k]);
+                    const double ql = w->q[l];
+                    if (ql < w->near_q[i] || (ql == w->near_q[i] && s < w->near_i[i])) {
+                        w->near_q[i] = ql;
+                        w->near_i[i] = s;
                     }
                 }
-                continue;
-            }
-            int m = 0;
-            for (int l = 0; l < n_live; l++) {
-                const int i = w->live[l];
-                const double *g = query + (size_t)i * dim;
-                double d2 = 0.0;
+            for (int j = 0; j < m; j += 4) store4(w->bv + j, load4(w->bv + j) + load4(w->w + j));
+            if (!gradient) continue;
+            if (inv_cov) {
                 for (int k = 0; k < dim; k++) {
-                    const double d = g[k] - mu[k];
-                    w->dt[(size_t)k * ld + m] = d;
-                    d2 += d * d;
+                    double *gk = w->bg + (size_t)k * ld;
+                    const double *yk = w->y + (size_t)k * ld;
+                    for (int j = 0; j < m; j += 4)
+                        store4(gk + j, VFMA(-load4(w->w + j), load4(yk + j), load4(gk + j)));
                 }
-                if (prune && min_eig && min_eig[s] * d2 > q_cut) continue;
-                w->pos[m++] = i;
-            }
-            if (m == 0) continue;
-            evaluated += m;
-            /* zero the padding columns up to a multiple of JT */
-            for (int j = m; j % JT; j++)
-                for (int k = 0; k < dim; k++) w->dt[(size_t)k * ld + j] = 0.0;
-            quadratic_forms(dim, m, ld, inv_cov + (size_t)s * dim * dim, w->dt, w->y, w->q);
-            const double *yv = w->y;
-            for (int j = 0; j < m; j++) {
-                const double wt = h * exp(-0.5 * w->q[j]);
-                w->q[j] = wt;
-                w->v[w->pos[j]] += wt;
-            }
-            if (gradient)
+            } else {
+                for (int j = 0; j < m; j += 4) store4(w->q + j, load4(w->w + j) * bcast(iv));
                 for (int k = 0; k < dim; k++) {
-                    double *gk = w->gt + (size_t)k * ld;
-                    const double *yk = yv + (size_t)k * ld;
-                    for (int j = 0; j < m; j++) gk[w->pos[j]] -= w->q[j] * yk[j];
+                    double *gk = w->bg + (size_t)k * ld;
+                    const double *dk = w->dt + (size_t)k * ld;
+                    for (int j = 0; j < m; j += 4)
+                        store4(gk + j, VFMA(-load4(w->q + j), load4(dk + j), load4(gk + j)));
                 }
+            }
         }
+        /* the block's sums into the chunk's, once per block */
+        for (int l = 0; l < n_live; l++) w->v[w->live[l]] += w->bv[l];
+        if (gradient)
+            for (int k = 0; k < dim; k++) {
+                double *gk = w->gt + (size_t)k * ld;
+                const double *bk = w->bg + (size_t)k * ld;
+                for (int l = 0; l < n_live; l++) gk[w->live[l]] += bk[l];
+            }
     }
     for (int i = 0; i < nq; i++) energy[i] = w->v[i];
-    if (gradient && inv_cov)
+    if (gradient)
         for (int i = 0; i < nq; i++)
             for (int k = 0; k < dim; k++) gradient[(size_t)i * dim + k] = w->gt[(size_t)k * ld + i];
-    else if (gradient)
-        for (size_t k = 0; k < (size_t)nq * dim; k++) gradient[k] = w->gt[k];
+    if (nearest)
+        for (int i = 0; i < nq; i++) {
+            nearest[i] = w->near_i[i];
+            if (nearest_q) nearest_q[i] = w->near_q[i];
+        }
     return evaluated;
 }
 
-int gm_gaussian_sum(int n_query, int dim, const double *query, int n_hills,
-                    const double *centres, const double *heights,
-                    const double *inv_cov, const double *inv_var,
-                    const double *min_eig, int n_blocks, const int *order,
-                    const int *block_start, const double *block_centre,
-                    const double *block_radius, const double *block_min_eig,
-                    double q_cut, double *energy, double *gradient,
-                    long *n_evaluated) {
+#define GM_CAT2(a, b) a##_##b
+#define GM_CAT(a, b) GM_CAT2(a, b)
+
+int GM_CAT(gm_gaussian_sum, GM_VARIANT)(
+    int n_query, int dim, const double *query, int n_hills, const double *centres,
+    const double *heights, const double *inv_cov, const double *inv_var, const double *min_eig,
+    int n_blocks, const int *order, const int *block_first, const int *block_count,
+    const double *block_centre, const double *block_radius, const double *block_min_eig,
+    double q_cut, double *energy, double *gradient, int *nearest, double *nearest_q,
+    long *n_evaluated) {
     if (n_query < 0 || dim <= 0 || n_hills < 0 || n_blocks < 0) return GM_EINVAL;
     if (!inv_cov && !inv_var && n_hills > 0) return GM_EINVAL;
-    if (n_blocks > 0 && (!order || !block_start || !block_centre || !block_radius || !block_min_eig))
+    if (n_blocks > 0 && (!order || !block_first || !block_count || !block_centre ||
+                         !block_radius || !block_min_eig))
         return GM_EINVAL;
     long total = 0;
     int failed = 0;
@@ -254,19 +340,26 @@ int gm_gaussian_sum(int n_query, int dim, const double *query, int n_hills,
         if (chunk > QCHUNK) chunk = QCHUNK;
         if (chunk < 1) chunk = 1;
         const int n_chunks = (n_query + chunk - 1) / chunk;
-        scratch_t w = {0, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+        scratch_t w;
+        memset(&w, 0, sizeof w);
         const int ld = (chunk + JT - 1) / JT * JT;
         w.ld = ld;
-        double *buf = malloc(sizeof(double) * ((size_t)3 * dim * ld + 2 * (size_t)ld));
+        double *buf = malloc(sizeof(double) * ((size_t)5 * dim * ld + 6 * (size_t)ld));
         int *ibuf = malloc(sizeof(int) * 2 * (size_t)ld);
         if (buf && ibuf) {
-            w.dt = buf;
+            w.gq = buf;
+            w.dt = w.gq + (size_t)dim * ld;
             w.y = w.dt + (size_t)dim * ld;
-            w.gt = w.y + (size_t)dim * ld;
-            w.v = w.gt + (size_t)dim * ld;
-            w.q = w.v + ld;
+            w.bg = w.y + (size_t)dim * ld;
+            w.gt = w.bg + (size_t)dim * ld;
+            w.q = w.gt + (size_t)dim * ld;
+            w.w = w.q + ld;
+            w.d2 = w.w + ld;
+            w.bv = w.d2 + ld;
+            w.v = w.bv + ld;
+            w.near_q = w.v + ld;
             w.live = ibuf;
-            w.pos = ibuf + ld;
+            w.near_i = ibuf + ld;
         }
 #pragma omp for schedule(dynamic, 1)
         for (int c = 0; c < n_chunks; c++) {
@@ -278,9 +371,11 @@ int gm_gaussian_sum(int n_query, int dim, const double *query, int n_hills,
             const int i0 = c * chunk;
             const int nq = n_query - i0 < chunk ? n_query - i0 : chunk;
             total += sum_chunk(dim, nq, query + (size_t)i0 * dim, n_hills, centres, heights,
-                               inv_cov, inv_var, min_eig, n_blocks, order, block_start,
-                               block_centre, block_radius, block_min_eig, q_cut,
-                               energy + i0, gradient ? gradient + (size_t)i0 * dim : NULL, &w);
+                               inv_cov, inv_var, min_eig, n_blocks, order, block_first,
+                               block_count, block_centre, block_radius, block_min_eig, q_cut,
+                               energy + i0, gradient ? gradient + (size_t)i0 * dim : NULL,
+                               nearest ? nearest + i0 : NULL, nearest_q ? nearest_q + i0 : NULL,
+                               &w);
         }
         free(buf);
         free(ibuf);

@@ -5,7 +5,8 @@
  *   - float64 everywhere; lengths in angstrom, energies in eV (the kernels are
  *     unit-agnostic, the Python layer feeds them angstrom/eV);
  *   - arrays are C-ordered; cell rows are the lattice vectors;
- *   - no global state: every function is thread-safe and re-entrant;
+ *   - every function is thread-safe and re-entrant; the only global state is the
+ *     code path of the vector kernels (gm_set_isa);
  *   - a negative return value is an error code (see GM_E*), never a partial result.
  */
 #ifndef GMETAD_H
@@ -69,27 +70,49 @@ int gm_symmetry_functions(int n_centres, const int *centres, const int *types,
  * with A_s = inv_cov[s] (dim x dim, symmetric; adaptive hills) or, when inv_cov
  * is NULL, A_s = inv_var[s] * I (isotropic hills).
  *
- * Pruning: hills are grouped in blocks (order[block_start[b] .. block_start[b+1]-1]
- * are the hill indices of block b, with centre block_centre[b], radius
- * block_radius[b] = max |mu_s - centre| and block_min_eig[b] = min over the
- * block of the smallest eigenvalue of A_s). A block is skipped when
+ * Pruning: hills are grouped in blocks (order[block_first[b] ..
+ * block_first[b] + block_count[b] - 1] are the hill indices of block b, with
+ * centre block_centre[b], radius block_radius[b] >= max |mu_s - centre| and
+ * block_min_eig[b] <= the smallest eigenvalue of every A_s of the block). A block
+ * is skipped when
  *   block_min_eig * (|g - centre| - radius)^2 > q_cut,
  * a hill when min_eig[s] * |g - mu_s|^2 > q_cut; both bounds are rigorous, so
  * only hills with q_s > q_cut (exp(-q_cut/2) relative weight) are ever dropped.
  * q_cut <= 0 disables pruning. n_blocks = 0 means one block of all hills, in
  * index order (order may then be NULL).
  *
- * Output: energy[i] = V(g_i); gradient (may be NULL) n_query x dim = dV/dg.
- * n_evaluated (may be NULL) receives the number of hills whose q was computed.
+ * Output: energy[i] = V(g_i); gradient (may be NULL) n_query x dim = dV/dg;
+ * nearest (may be NULL): the hill of smallest q_s among those not pruned for
+ * query i (ties: the lowest index), -1 if all were pruned, and nearest_q (may be
+ * NULL) that q_s (+inf if none). n_evaluated (may be NULL) receives the number of
+ * (query, hill) pairs not pruned.
+ * Results are bit-identical run to run and for any number of threads; the AVX2
+ * and baseline code paths (see gm_set_isa) agree to round-off (about 1e-15).
  */
 int gm_gaussian_sum(int n_query, int dim, const double *query, int n_hills,
                     const double *centres, const double *heights,
                     const double *inv_cov, const double *inv_var,
                     const double *min_eig, int n_blocks, const int *order,
-                    const int *block_start, const double *block_centre,
-                    const double *block_radius, const double *block_min_eig,
-                    double q_cut, double *energy, double *gradient,
-                    long *n_evaluated);
+                    const int *block_first, const int *block_count,
+                    const double *block_centre, const double *block_radius,
+                    const double *block_min_eig, double q_cut, double *energy,
+                    double *gradient, int *nearest, double *nearest_q, long *n_evaluated);
+
+/*
+ * Code path of the vector kernels (gm_symmetry_functions, gm_gaussian_sum).
+ * The first kernel call picks GM_ISA_AVX2 when the CPU has AVX2 and FMA, else
+ * GM_ISA_BASELINE (SSE2, any x86-64). gm_set_isa forces one (GM_ISA_AUTO: the
+ * default choice) and returns the path now in use, or GM_EINVAL when this CPU
+ * or build cannot run it. It is the one process-wide setting of the kernels:
+ * set it before any kernel runs in another thread. gm_isa returns the path in
+ * use; gm_isa_available whether a path can run here.
+ */
+#define GM_ISA_AUTO 0
+#define GM_ISA_BASELINE 1
+#define GM_ISA_AVX2 2
+int gm_set_isa(int isa);
+int gm_isa(void);
+int gm_isa_available(int isa);
 
 /* Number of OpenMP threads the kernels use (1 when built without OpenMP). */
 int gm_max_threads(void);

@@ -41,6 +41,16 @@
 #include <string.h>
 
 #include "gmetad.h"
+#include "variants.h"
+
+/* Compiled twice: as it is (baseline x86-64), and for AVX2 + FMA through
+ * symmetry_avx2.c, which makes the vector loops below 4 wide; dispatch.c picks
+ * one at run time. */
+#ifndef GM_VARIANT
+#define GM_VARIANT base
+#endif
+#define GM_CAT2(a, b) a##_##b
+#define GM_CAT(a, b) GM_CAT2(a, b)
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -80,13 +90,6 @@ static inline vec vzero(void) { vec v = {0}; return v; }
 #error "LANES must be a multiple of the vector width VW"
 #endif
 
-int gm_max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
 
 /* ---- inline math (branch-free, so that loops over it vectorise) ---------- */
 
@@ -895,11 +898,7 @@ static int check_params(int n_funcs, const double *params) {
     return GM_OK;
 }
 
-int gm_symmetry_functions(int n_centres, const int *centres, const int *types,
-                          const long *pair_offset, const int *neighbour,
-                          const double *vectors, int n_funcs,
-                          const double *params, double *values,
-                          double *derivatives, const long *deriv_start) {
+int GM_CAT(gm_symmetry_functions, GM_VARIANT)(GM_SYMMETRY_ARGS) {
     if (n_centres < 0 || n_funcs < 0) return GM_EINVAL;
     int status = check_params(n_funcs, params);
     if (status != GM_OK) return status;

@@ -1,0 +1,97 @@
+"""The hills kernel before the AVX2/FMA restructuring, for before/after timings.
+
+benchmarks/reference/gaussians_before.c is ckernels/gaussians.c of commit fdfa6fc
+(the kernel the issue's figures were measured with: SSE2 with an AVX2
+target_clones copy, no FMA). :func:`load` builds it once with the package's flags
+(-O3 -std=c99 and OpenMP) into a benchmark-only cffi module in
+benchmarks/.cache/reference_kernel/ and returns (ffi, lib); :func:`gaussian_sum`
+calls it with the argument conventions of the old kernel (contiguous blocks:
+order[start[b]:start[b + 1]]).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(HERE, "reference", "gaussians_before.c")
+BUILD = os.path.join(HERE, ".cache", "reference_kernel")
+MODULE = "_gaussians_before"
+
+CDEF = """
+int gm_gaussian_sum(int n_query, int dim, const double *query, int n_hills,
+                    const double *centres, const double *heights,
+                    const double *inv_cov, const double *inv_var,
+                    const double *min_eig, int n_blocks, const int *order,
+                    const int *block_start, const double *block_centre,
+                    const double *block_radius, const double *block_min_eig,
+                    double q_cut, double *energy, double *gradient,
+                    long *n_evaluated);
+"""
+
+
+def load():
+    """(ffi, lib) of the old kernel, compiled on first use."""
+    if BUILD not in sys.path:
+        sys.path.insert(0, BUILD)
+    try:
+        module = importlib.import_module(MODULE)
+    except ImportError:
+        sys.path.insert(0, os.path.join(os.path.dirname(HERE), "ckernels"))
+        from build import _openmp_flags
+        from cffi import FFI
+
+        builder = FFI()
+        builder.cdef(CDEF)
+        omp = _openmp_flags()
+        builder.set_source(MODULE, CDEF, sources=[SOURCE],
+                           extra_compile_args=["-O3", "-std=c99", "-D_DEFAULT_SOURCE"] + omp,
+                           extra_link_args=omp, libraries=["m"])
+        os.makedirs(BUILD, exist_ok=True)
+        builder.compile(tmpdir=BUILD)
+        importlib.invalidate_caches()
+        module = importlib.import_module(MODULE)
+    return module.ffi, module.lib
+
+
+def contiguous_blocks(blocks):
+    """The current kernel's blocks (order, first, count, ...) as the old kernel's
+    (order, start, ...), hills of block b at order[start[b]:start[b + 1]]."""
+    order, first, count, centre, radius, min_eig = blocks
+    flat = np.concatenate([order[f:f + c] for f, c in zip(first, count)]).astype(np.int32)
+    start = np.zeros(len(count) + 1, dtype=np.int32)
+    np.cumsum(count, out=start[1:])
+    return flat, start, np.ascontiguousarray(centre), np.ascontiguousarray(radius), np.ascontiguousarray(min_eig)
+
+
+def gaussian_sum(query, centres, heights, inv_cov=None, inv_var=None, min_eig=None, blocks=None,
+                 q_cut=0.0, gradient=True):
+    """V, dV/dg and the number of pairs evaluated, with the old kernel (arguments as
+    biasserver.kernels.gaussian_sum; blocks in the current kernel's form)."""
+    ffi, lib = load()
+    f64 = lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    ptr = lambda t, a: ffi.NULL if a is None else ffi.cast(t, ffi.from_buffer(a))     # noqa: E731
+    query, centres, heights = f64(query), f64(centres), f64(heights)
+    inv_cov, inv_var, min_eig = f64(inv_cov), f64(inv_var), f64(min_eig)
+    n_query, dim = query.shape
+    energy = np.zeros(n_query)
+    grad = np.zeros((n_query, dim)) if gradient else None
+    evaluated = ffi.new("long *")
+    if blocks is None:
+        n_blocks, order, start, bc, br, bm = 0, None, None, None, None, None
+    else:
+        order, start, bc, br, bm = contiguous_blocks(blocks)
+        n_blocks = len(start) - 1
+    code = lib.gm_gaussian_sum(n_query, dim, ptr("double *", query), len(heights),
+                               ptr("double *", centres), ptr("double *", heights),
+                               ptr("double *", inv_cov), ptr("double *", inv_var),
+                               ptr("double *", min_eig), n_blocks, ptr("int *", order),
+                               ptr("int *", start), ptr("double *", bc), ptr("double *", br),
+                               ptr("double *", bm), float(q_cut), ptr("double *", energy),
+                               ptr("double *", grad), evaluated)
+    if code < 0:
+        raise ValueError(f"reference Gaussian sum: error {code}")
+    return energy, grad, int(evaluated[0])
