@@ -26,7 +26,8 @@ epochs). Relative paths are relative to the YAML file::
     committee: 1                   # networks (seeds seed, seed+1, ...) in one model file
     bootstrap: false               # each member trains on a bootstrap sample of the frames
     precision: float32             # training arithmetic (inference is always float64)
-    threads: null                  # torch threads (null: torch's default)
+    threads: 1                     # torch threads (null: torch's default); the networks are
+                                   # small, a second thread does not pay (benchmarks/README.md)
     cache_dir: null                # descriptor cache (null: .nnp-cache beside the model)
 
 Errors name the file and the key at fault.
@@ -70,7 +71,7 @@ class TrainConfig:
     committee: int = 1
     bootstrap: bool = False
     precision: str = "float32"
-    threads: Any = None
+    threads: Any = 1
     cache_dir: Any = None
     path: str = "(defaults)"
 

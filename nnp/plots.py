@@ -46,8 +46,12 @@ def parity(energy_true, energy_pred, forces_true: dict, forces_pred: dict, path:
     for e in forces_true:
         axes[1].plot(forces_true[e].ravel(), forces_pred[e].ravel(), ".", ms=2, alpha=0.5, label=e)
     for ax, label in ((axes[0], "energy (eV/atom)"), (axes[1], "force component (eV/Å)")):
-        lo, hi = ax.get_xlim()
+        lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
+        hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.5)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
         ax.set_xlabel("reference " + label)
         ax.set_ylabel("model " + label)
     axes[1].legend(fontsize=7)
