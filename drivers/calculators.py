@@ -100,9 +100,11 @@ def _eam(potential: str, kind: str | None = None):
 
 
 @register("nnp")
-def _nnp(model: str):
+def _nnp(model: str | None = None):
     """A Behler-Parrinello potential (or committee) written by ``gmetad train``;
     the committee spread goes to the i-PI extras (see nnp/calculator.py)."""
+    if not model:
+        raise ValueError("the nnp calculator needs a model file: --model model.pt")
     from nnp.calculator import NNPCalculator
 
     return NNPCalculator(model)

@@ -1,9 +1,11 @@
 """Training configuration: an optional YAML file, validated on load.
 
-Every key is optional; the defaults are those below (SIMPLE-NN's loss weights,
-validation fraction and L2; a faster learning rate with exponential decay, which
-on Si64 frames reaches SIMPLE-NN's errors in tens rather than thousands of
-epochs). Relative paths are relative to the YAML file::
+Every key is optional; the defaults are those below: SIMPLE-NN's loss weights,
+validation fraction and L2, but a learning rate decaying from 3e-3 to SIMPLE-NN's
+1e-4. Measured on 36 Stillinger-Weber Si64 frames (1500 K MD): a constant 1e-4
+reaches a validation force RMSE of 0.14 eV/A after 200 epochs, the defaults
+0.09 eV/A after 60 and 0.05 eV/A after 200. Relative paths are relative to the
+YAML file::
 
     symmetry:                      # as in the run configuration (gmetad serve)
       default: {cutoff: 6.0}       # elements: those of the training frames

@@ -114,7 +114,8 @@ def fit_scaling(data: FrameDescriptors, frames: np.ndarray) -> tuple[dict, dict,
 # -- networks -------------------------------------------------------------
 def build_networks(symmetry: SymmetryFunctions, hidden: list[int], activation: str,
                    dtype: torch.dtype, seed: int) -> torch.nn.ModuleDict:
-    """One fresh network per element (torch's default initialisation, seeded)."""
+    """One fresh network per element (torch's default initialisation, seeded; the output
+    layer scaled by 0.1 with zero bias, so that training starts near the reference energies)."""
     torch.manual_seed(seed)
     nets = {}
     for e in symmetry.elements:
@@ -122,8 +123,11 @@ def build_networks(symmetry: SymmetryFunctions, hidden: list[int], activation: s
         layers: list[torch.nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
             layers += [torch.nn.Linear(a, b), _TORCH_ACTIVATIONS[activation]()]
-        layers.append(torch.nn.Linear(sizes[-1], 1))
-        nets[e] = torch.nn.Sequential(*layers).to(dtype)
+        out = torch.nn.Linear(sizes[-1], 1)
+        with torch.no_grad():        # start near E_ref: atomic energies of order 0.01 eV
+            out.weight.mul_(0.1)
+            out.bias.zero_()
+        nets[e] = torch.nn.Sequential(*layers, out).to(dtype)
     return torch.nn.ModuleDict(nets)
 
 
