@@ -43,10 +43,12 @@ import numpy as np  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from ase import units  # noqa: E402
 from ase.build import bulk  # noqa: E402
 
+from biasserver import kernels  # noqa: E402
 from biasserver.bias import GMetaDBias  # noqa: E402
 from biasserver.hills import DEFAULT_PRUNE_TOLERANCE, HillSet, kd_leaves  # noqa: E402
 from biasserver.symmetry import SymmetryFunctions  # noqa: E402
@@ -250,8 +252,8 @@ def whitened_block_bound(centres, metrics, queries, q_cut: float, leaves):
 
 def bound_fractions(hills: HillSet, queries, q_cut: float):
     """Whitened bounds with the kernel's blocks (32 hills) and with 8-hill blocks."""
-    order, start, *_ = hills.blocks()
-    blocks32 = [order[start[b]:start[b + 1]] for b in range(len(start) - 1)]
+    order, first, count, *_ = hills.blocks()
+    blocks32 = [order[f:f + c] for f, c in zip(first, count)]
     return (whitened_block_bound(hills.centres, hills.metrics, queries, q_cut, blocks32)
             + whitened_block_bound(hills.centres, hills.metrics, queries, q_cut, kd_leaves(hills.centres, 8)))
 
@@ -261,8 +263,10 @@ def hill_bytes(hills: HillSet) -> tuple[int, int]:
     arrays = [hills._centres, hills._heights, hills._metrics, hills._min_eig, hills._steps]
     per_hill = sum(a[:1].nbytes for a in arrays)
     allocated = sum(a.nbytes for a in arrays)
-    if hills._blocks is not None:
-        allocated += sum(np.asarray(a).nbytes for a in hills._blocks)
+    tree = hills._tree
+    if tree is not None:
+        allocated += sum(np.asarray(a).nbytes for a in (tree.order, tree.count, tree.centre, tree.radius,
+                                                         tree.min_eig, tree.leaf_of))
     return per_hill * len(hills), allocated
 
 
@@ -320,6 +324,14 @@ def parse_args(argv=None):
                         help="liquid hills: then deposit at this T (K; SW Si melts at 1691 K)")
     parser.add_argument("--liquid-every", type=int, default=20, help="liquid hills: MD steps between depositions")
     parser.add_argument("--no-analysis", action="store_true", help="skip the pruning analysis")
+    parser.add_argument("--sections", default="kernel,deposition,tables,long",
+                        help="comma-separated: kernel (before/after ratios, GFLOP/s vs DGEMM), deposition, "
+                             "tables (the timing, memory and pruning tables), long (long-run table)")
+    parser.add_argument("--kernel-repeats", type=int, default=7, help="interleaved repeats of the before/after timings")
+    parser.add_argument("--long-run", default=os.path.join(ROOT, "benchmarks", ".cache", "long_run"),
+                        help="folder of benchmarks/long_run.py's runs")
+    parser.add_argument("--coverage-radius", type=float, default=1.0,
+                        help="long-run table: covering radius (standardised G)")
     parser.add_argument("--cache-dir", default=os.path.join(ROOT, "benchmarks", ".cache"))
     parser.add_argument("--regenerate", action="store_true", help="rerun the MD even if cached")
     args = parser.parse_args(argv)
@@ -386,6 +398,43 @@ def main(argv=None):
           f"CPU: best-of-N CPU time of the calling thread (robust to other load on the machine)")
     print()
 
+    sections = set(args.sections.split(","))
+    if "kernel" in sections:
+        import bench_sections
+        dgemm = bench_sections.dgemm_rate()
+        print(f"## Hills kernel: now against before (commit fdfa6fc, benchmarks/reference/), same run")
+        print()
+        print(f"DGEMM (numpy, 1 thread, 1000 x 1000, best CPU time): {dgemm:.1f} GFLOP/s. Kernel flops: "
+              f"2 D^2 + 4 D = {bench_sections.flops_per_pair(dim, True)} per adaptive pair, 5 D per "
+              "isotropic pair, times the pairs evaluated. CPU times: best of the interleaved repeats; "
+              f"ratios: median over {args.kernel_repeats} repeats of now/before. Default code path here: "
+              f"{kernels.isa()}. Results of all paths checked against before to 1e-12 of the largest value.")
+        print()
+        sets = []
+        for n in [n for n in sizes if n >= 10_000]:
+            for adaptive in (True, False):
+                for tol in (DEFAULT_PRUNE_TOLERANCE, 0.0):
+                    hills = build_set(centres_all[:n], heights_all[:n],
+                                      metrics_all[:n] if adaptive else inv_var, adaptive, tol)
+                    sets.append((f"{size_label(n)} {'adaptive' if adaptive else 'isotropic'} "
+                                 f"{'pruned' if tol else 'unpruned'}", hills))
+        bench_sections.kernel_ratios(sets, queries, args.kernel_repeats, threads_context, dgemm)
+        del sets
+    if "deposition" in sections:
+        import bench_sections
+        print(f"## Cost of a deposition ({n_q} adaptive hills added, blocks ready for the next evaluation)")
+        print()
+        bench_sections.deposition_cost(centres_all, heights_all, metrics_all,
+                                       [n for n in (1_000, 10_000, 100_000) if n + 5 * n_q <= len(heights_all)],
+                                       n_q)
+    if "long" in sections and os.path.isdir(args.long_run):
+        import bench_sections
+        print("## Long runs: Si64 SW G-metaD, h = 1 meV, sigma = 1 A, stride 20 (benchmarks/long_run.py)")
+        print()
+        bench_sections.long_run_table(args.long_run, sf, args.coverage_radius)
+    if "tables" not in sections:
+        return
+
     rows, memory, reference, timing = [], [], {}, {}
     analysis = []
 
@@ -409,7 +458,7 @@ def main(argv=None):
                 pruned = tol > 0
                 hills = build_set(c, h, metric, adaptive, tol)
                 t = time.thread_time()
-                hills.blocks()
+                hills.rebuilt_blocks()
                 t_blocks = time.thread_time() - t
                 times, (v, dv, n_eval) = timed(hills, queries, args, threads)
                 timing[(n, label, pruned)] = times
@@ -443,7 +492,8 @@ def main(argv=None):
         for n in sizes:
             t = time.perf_counter()
             for s in range(done, n):   # GMetaDBias._deposit's loop, replayed on the cached hills
-                index = bias._merge_target(merged, centres_all[s])
+                _, near, near_q = merged.nearest(centres_all[s:s + 1])
+                index = bias._merge_target(merged, centres_all[s], int(near[0]), float(near_q[0]))
                 if index is None:
                     merged.add(centres_all[s], heights_all[s], metrics_all[s], s)
                 else:
@@ -500,11 +550,11 @@ def main(argv=None):
     print("## Memory of the hills (one HillSet)")
     print()
     markdown_table(["hills", "variant", "stored hills (MB)", "allocated, with spare capacity and blocks (MB)",
-                    "block build, CPU (ms)"],
+                    "block build from scratch, CPU (ms)"],
                    [[size_label(n), label, f"{used / 1e6:.3g}", f"{allocated / 1e6:.3g}",
                      "-" if math.isnan(tb) else f"{tb * 1e3:.3g}"] for n, label, used, allocated, tb in memory])
-    print("Any add() or merge drops the blocks: they are rebuilt at the next evaluation, i.e. after "
-          "every deposition.")
+    print("The blocks are updated incrementally by add() and merges (see the deposition table); "
+          "the last column is what a rebuild from scratch would cost.")
     print()
 
     # -- pruning analysis -------------------------------------------------------------

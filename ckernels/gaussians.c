@@ -9,8 +9,9 @@
  * (one or more per thread). Per block of hills, the queries the block test keeps
  * are gathered, transposed (dim x m, m padded to a multiple of 8), and every hill
  * of the block is applied to all of them at once:
- *   dt = g - mu          (contiguous centred differences, one vector op per 4)
- *   y  = A dt, q = dt.y  (register-tiled D x D by D x m product; FMA on AVX2)
+ *   d = g - mu           (centred differences, contiguous, formed in registers)
+ *   y  = A d, q = d.y    (register-tiled D x D by D x m product; FMA on AVX2;
+ *                         isotropic hills: q = |d|^2 / sigma^2)
  *   w  = h exp(-q/2)     (vectorised exp, gm_vexp)
  *   V += w, dV/dg -= w y (accumulated in the block's own column order: no scatter)
  * The per-hill bound min_eig |g - mu|^2 > q_cut needs |g - mu|^2, which is only
@@ -41,7 +42,7 @@
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-/* Queries per chunk: scratch is about 8 * dim * QCHUNK doubles per thread. */
+/* Queries per chunk: scratch is about 4 * dim * QCHUNK doubles per thread. */
 #define QCHUNK 64
 /* Columns per vector tile: two vectors of four doubles. */
 #define JT 8
@@ -93,17 +94,19 @@ static inline v4d gm_vexp(v4d x) {
     return (v4d)((v4l)(p * scale) & ~under);
 }
 
-/* One register tile of the product: rows r0 .. r0+R-1 of y = A dt for columns
- * j .. j+7, then q[j..j+7] += y[r] * dt[r] for those rows in ascending order. */
+/* One register tile of the product: rows r0 .. r0+R-1 of y = A d for columns
+ * j .. j+7, d = g - mu formed on the fly from the transposed queries gq (never
+ * stored), then q[j..j+7] += y[r] * d[r] for those rows in ascending order. */
 #define DEFINE_TILE(R)                                                                     \
     static inline void tile##R(int dim, int r0, int j, int ld, const double *a,           \
-                               const double *dt, double *y, double *q) {                  \
+                               const double *mu, const double *gq, double *y, double *q) { \
         v4d c[R][2];                                                                       \
         for (int t = 0; t < R; t++) c[t][0] = c[t][1] = bcast(0.0);                        \
         const double *ar = a + (size_t)r0 * dim;                                           \
         for (int k = 0; k < dim; k++) {                                                    \
-            const double *d = dt + (size_t)k * ld + j;                                     \
-            const v4d d0 = load4(d), d1 = load4(d + 4);                                    \
+            const double *g = gq + (size_t)k * ld + j;                                     \
+            const v4d m = bcast(mu[k]);                                                    \
+            const v4d d0 = load4(g) - m, d1 = load4(g + 4) - m;                            \
             for (int t = 0; t < R; t++) {                                                  \
                 const v4d b = bcast(ar[(size_t)t * dim + k]);                              \
                 c[t][0] = VFMA(b, d0, c[t][0]);                                            \
@@ -113,11 +116,12 @@ static inline v4d gm_vexp(v4d x) {
         v4d q0 = load4(q + j), q1 = load4(q + j + 4);                                      \
         for (int t = 0; t < R; t++) {                                                      \
             double *yr = y + (size_t)(r0 + t) * ld + j;                                    \
-            const double *dr = dt + (size_t)(r0 + t) * ld + j;                             \
+            const double *g = gq + (size_t)(r0 + t) * ld + j;                              \
+            const v4d m = bcast(mu[r0 + t]);                                               \
             store4(yr, c[t][0]);                                                           \
             store4(yr + 4, c[t][1]);                                                       \
-            q0 = VFMA(c[t][0], load4(dr), q0);                                             \
-            q1 = VFMA(c[t][1], load4(dr + 4), q1);                                         \
+            q0 = VFMA(c[t][0], load4(g) - m, q0);                                          \
+            q1 = VFMA(c[t][1], load4(g + 4) - m, q1);                                      \
         }                                                                                  \
         store4(q + j, q0);                                                                 \
         store4(q + j + 4, q1);                                                             \
@@ -129,32 +133,44 @@ DEFINE_TILE(4)
 DEFINE_TILE(6)
 #endif
 
-/* y = A dt (dim x m, row stride ld) and q[j] = sum_r y[r][j] dt[r][j] (r ascending,
- * from 0.0), for m a multiple of JT. Row tiles of 6 and 4 rows with FMA (16 and
- * 12 of the 16 AVX registers), of 2 rows otherwise (SSE2 has 16 half-width ones). */
-static void quadratic_forms(int dim, int m, int ld, const double *a, const double *dt,
-                            double *y, double *q) {
+/* y = A (g - mu) (dim x m, row stride ld; g: the transposed queries gq) and
+ * q[j] = sum_r y[r][j] (g - mu)[r][j] (r ascending, from 0.0), for m a multiple of
+ * JT. Row tiles of 6 and 4 rows with FMA (16 and 12 of the 16 AVX registers), of
+ * 2 rows otherwise (SSE2 has 16 half-width ones). */
+static void quadratic_forms(int dim, int m, int ld, const double *a, const double *mu,
+                            const double *gq, double *y, double *q, const char *next) {
     for (int j = 0; j < m; j++) q[j] = 0.0;
+    /* the next hill's metric (hills come in block order, scattered in memory) is
+     * fetched a few cache lines per tile, spread over this hill's product */
+    const size_t next_bytes = next ? sizeof(double) * (size_t)dim * dim : 0;
+    size_t pf = 0;
+#define PREFETCH_NEXT()                                                             \
+    if (pf < next_bytes) {                                                          \
+        __builtin_prefetch(next + pf);                                              \
+        __builtin_prefetch(next + pf + 64);                                         \
+        __builtin_prefetch(next + pf + 128);                                        \
+        pf += 192;                                                                  \
+    }
     int r = 0;
 #if WIDE_TILES
     int n6 = dim / 6, rest = dim % 6;
     if (rest == 2 && n6 > 0) { n6--; rest += 6; } /* 26 = 6 + 6 + 6 + 4 + 4 */
     for (int b = 0; b < n6; b++, r += 6)
-        for (int j = 0; j < m; j += JT) tile6(dim, r, j, ld, a, dt, y, q);
+        for (int j = 0; j < m; j += JT) { PREFETCH_NEXT() tile6(dim, r, j, ld, a, mu, gq, y, q); }
     for (; r + 4 <= dim; r += 4)
-        for (int j = 0; j < m; j += JT) tile4(dim, r, j, ld, a, dt, y, q);
+        for (int j = 0; j < m; j += JT) { PREFETCH_NEXT() tile4(dim, r, j, ld, a, mu, gq, y, q); }
 #endif
     for (; r + 2 <= dim; r += 2)
-        for (int j = 0; j < m; j += JT) tile2(dim, r, j, ld, a, dt, y, q);
+        for (int j = 0; j < m; j += JT) { PREFETCH_NEXT() tile2(dim, r, j, ld, a, mu, gq, y, q); }
     for (; r < dim; r++)
-        for (int j = 0; j < m; j += JT) tile1(dim, r, j, ld, a, dt, y, q);
+        for (int j = 0; j < m; j += JT) { PREFETCH_NEXT() tile1(dim, r, j, ld, a, mu, gq, y, q); }
+#undef PREFETCH_NEXT
 }
 
 /* Scratch of one thread, for chunks of up to ld queries (ld a multiple of JT). */
 typedef struct {
     int ld;
     double *gq;    /* dim x ld: the block's live queries, transposed */
-    double *dt;    /* dim x ld: g - mu */
     double *y;     /* dim x ld: A (g - mu) */
     double *bg;    /* dim x ld: the block's gradient accumulators */
     double *gt;    /* dim x ld: the chunk's gradient accumulators, by chunk position */
@@ -195,6 +211,7 @@ static long sum_chunk(int dim, int nq, const double *query, int n_hills,
                 const int s = n_blocks > 0 ? order[first + t] : t;
                 if (min_eig[s] > max_min_eig) max_min_eig = min_eig[s];
             }
+        /* per_hill: whether the per-hill bound may drop a hill of this block */
         int n_live = 0, per_hill = prune && min_eig && n_blocks == 0;
         for (int i = 0; i < nq; i++) {
             if (prune && n_blocks > 0) {
@@ -220,41 +237,66 @@ static long sum_chunk(int dim, int nq, const double *query, int n_hills,
         for (int l = 0; l < m; l++) w->bv[l] = 0.0;
         if (gradient)
             for (int k = 0; k < dim; k++) memset(w->bg + (size_t)k * ld, 0, sizeof(double) * m);
-        const int need_d2 = per_hill || !inv_cov;
         for (int t = 0; t < count; t++) {
             const int s = n_blocks > 0 && order ? order[first + t] : t;
             const double *mu = centres + (size_t)s * dim;
-            for (int k = 0; k < dim; k++) {
-                const v4d muk = bcast(mu[k]);
-                const double *gk = w->gq + (size_t)k * ld;
-                double *dk = w->dt + (size_t)k * ld;
-                for (int j = 0; j < m; j += 4) store4(dk + j, load4(gk + j) - muk);
-            }
-            if (need_d2) {
-                for (int j = 0; j < m; j += 4) {
-                    v4d acc = bcast(0.0);
-                    for (int k = 0; k < dim; k++) {
-                        const v4d d = load4(w->dt + (size_t)k * ld + j);
-                        acc = VFMA(d, d, acc);
-                    }
-                    store4(w->d2 + j, acc);
-                }
-            }
-            const double iv = inv_cov ? 0.0 : inv_var[s];
-            if (inv_cov)
-                quadratic_forms(dim, m, ld, inv_cov + (size_t)s * dim * dim, w->dt, w->y, w->q);
-            else
-                for (int j = 0; j < m; j += 4) store4(w->q + j, bcast(iv) * load4(w->d2 + j));
             const v4d h = bcast(heights[s]), half = bcast(-0.5);
-            for (int j = 0; j < m; j += 4) store4(w->w + j, h * gm_vexp(half * load4(w->q + j)));
+            if (!inv_cov) {
+                /* isotropic: O(dim) per pair; g - mu recomputed, never stored */
+                const v4d iv = bcast(inv_var[s]), cut = bcast(q_cut), e = bcast(min_eig ? min_eig[s] : 0.0);
+                for (int j = 0; j < m; j += 4) {
+                    v4d d2 = bcast(0.0);
+                    for (int k = 0; k < dim; k++) {
+                        const v4d d = load4(w->gq + (size_t)k * ld + j) - bcast(mu[k]);
+                        d2 = VFMA(d, d, d2);
+                    }
+                    const v4d q = iv * d2;
+                    v4d wt = h * gm_vexp(half * q);
+                    if (per_hill) wt = (v4d)((v4l)wt & ~(v4l)(e * d2 > cut));
+                    store4(w->d2 + j, d2);
+                    store4(w->q + j, q);
+                    store4(w->bv + j, load4(w->bv + j) + wt);
+                    if (!gradient) continue;
+                    const v4d f = -(wt * iv);
+                    for (int k = 0; k < dim; k++) {
+                        double *gk = w->bg + (size_t)k * ld + j;
+                        const v4d d = load4(w->gq + (size_t)k * ld + j) - bcast(mu[k]);
+                        store4(gk, VFMA(f, d, load4(gk)));
+                    }
+                }
+            } else {
+                const char *next = NULL;
+                if (t + 1 < count) {
+                    const int s1 = n_blocks > 0 && order ? order[first + t + 1] : t + 1;
+                    next = (const char *)(inv_cov + (size_t)s1 * dim * dim);
+                }
+                if (per_hill)
+                    for (int j = 0; j < m; j += 4) {
+                        v4d acc = bcast(0.0);
+                        for (int k = 0; k < dim; k++) {
+                            const v4d d = load4(w->gq + (size_t)k * ld + j) - bcast(mu[k]);
+                            acc = VFMA(d, d, acc);
+                        }
+                        store4(w->d2 + j, acc);
+                    }
+                quadratic_forms(dim, m, ld, inv_cov + (size_t)s * dim * dim, mu, w->gq, w->y, w->q, next);
+                for (int j = 0; j < m; j += 4) store4(w->w + j, h * gm_vexp(half * load4(w->q + j)));
+                if (per_hill)
+                    for (int l = 0; l < n_live; l++)
+                        if (min_eig[s] * w->d2[l] > q_cut) w->w[l] = 0.0;
+                for (int j = 0; j < m; j += 4) store4(w->bv + j, load4(w->bv + j) + load4(w->w + j));
+                if (gradient)
+                    for (int k = 0; k < dim; k++) {
+                        double *gk = w->bg + (size_t)k * ld;
+                        const double *yk = w->y + (size_t)k * ld;
+                        for (int j = 0; j < m; j += 4)
+                            store4(gk + j, VFMA(-load4(w->w + j), load4(yk + j), load4(gk + j)));
+                    }
+            }
             int kept = n_live;
             if (per_hill) {
-                const double e = min_eig[s];
                 kept = 0;
-                for (int l = 0; l < n_live; l++) {
-                    if (e * w->d2[l] > q_cut) w->w[l] = 0.0;
-                    else kept++;
-                }
+                for (int l = 0; l < n_live; l++) kept += !(min_eig[s] * w->d2[l] > q_cut);
             }
             evaluated += kept;
             if (nearest)
@@ -267,24 +309,6 @@ static long sum_chunk(int dim, int nq, const double *query, int n_hills,
                         w->near_i[i] = s;
                     }
                 }
-            for (int j = 0; j < m; j += 4) store4(w->bv + j, load4(w->bv + j) + load4(w->w + j));
-            if (!gradient) continue;
-            if (inv_cov) {
-                for (int k = 0; k < dim; k++) {
-                    double *gk = w->bg + (size_t)k * ld;
-                    const double *yk = w->y + (size_t)k * ld;
-                    for (int j = 0; j < m; j += 4)
-                        store4(gk + j, VFMA(-load4(w->w + j), load4(yk + j), load4(gk + j)));
-                }
-            } else {
-                for (int j = 0; j < m; j += 4) store4(w->q + j, load4(w->w + j) * bcast(iv));
-                for (int k = 0; k < dim; k++) {
-                    double *gk = w->bg + (size_t)k * ld;
-                    const double *dk = w->dt + (size_t)k * ld;
-                    for (int j = 0; j < m; j += 4)
-                        store4(gk + j, VFMA(-load4(w->q + j), load4(dk + j), load4(gk + j)));
-                }
-            }
         }
         /* the block's sums into the chunk's, once per block */
         for (int l = 0; l < n_live; l++) w->v[w->live[l]] += w->bv[l];
@@ -344,12 +368,11 @@ int GM_CAT(gm_gaussian_sum, GM_VARIANT)(
         memset(&w, 0, sizeof w);
         const int ld = (chunk + JT - 1) / JT * JT;
         w.ld = ld;
-        double *buf = malloc(sizeof(double) * ((size_t)5 * dim * ld + 6 * (size_t)ld));
+        double *buf = malloc(sizeof(double) * ((size_t)4 * dim * ld + 6 * (size_t)ld));
         int *ibuf = malloc(sizeof(int) * 2 * (size_t)ld);
         if (buf && ibuf) {
             w.gq = buf;
-            w.dt = w.gq + (size_t)dim * ld;
-            w.y = w.dt + (size_t)dim * ld;
+            w.y = w.gq + (size_t)dim * ld;
             w.bg = w.y + (size_t)dim * ld;
             w.gt = w.bg + (size_t)dim * ld;
             w.q = w.gt + (size_t)dim * ld;

@@ -1,0 +1,179 @@
+"""Sections of bench_bias.py on the cost of the bias: the hills kernel against the
+previous one and against this core's DGEMM rate, the cost of a deposition, and the
+long-run table (benchmarks/long_run.py). Each function prints Markdown."""
+from __future__ import annotations
+
+import glob
+import os
+import statistics
+import time
+
+import numpy as np
+
+import reference_kernel
+from biasserver import kernels
+from biasserver.hills import HillSet
+
+
+def cpu_time(fn, repeats: int = 1):
+    """Best CPU time (s) of this thread over ``repeats`` calls, and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        c = time.thread_time()
+        result = fn()
+        best = min(best, time.thread_time() - c)
+    return best, result
+
+
+def dgemm_rate(n: int = 1000, repeats: int = 5) -> float:
+    """GFLOP/s of a square float64 matrix product (numpy's BLAS, its thread limit as set)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n)), rng.standard_normal((n, n))
+    best, _ = cpu_time(lambda: a @ b, repeats)
+    return 2.0 * n**3 / best / 1e9
+
+
+def flops_per_pair(dim: int, adaptive: bool) -> int:
+    """Floating-point operations of one (atom, hill) pair of V and dV/dG: the issue's
+    count, 2 D^2 (y = A d) + 2 D (q) + 2 D (gradient) + 0 for d, 1456 at D = 26;
+    isotropic: d, |d|^2 and the gradient, 5 D."""
+    return 2 * dim * dim + 4 * dim if adaptive else 5 * dim
+
+
+def kernel_ratios(sets, queries, repeats: int, threads_context, dgemm: float) -> None:
+    """The current kernel (both code paths) against the previous one on the same
+    hills, interleaved so that load on the machine hits all alike. sets: list of
+    (label, HillSet). Ratios are medians over the repeats of new/old CPU time."""
+    paths = [p for p in ("avx2", "sse2") if kernels.isa_available(p)]
+    rows = []
+    for label, hills in sets:
+        args = hills._kernel_arguments()
+        old = lambda: reference_kernel.gaussian_sum(queries, **args)          # noqa: E731
+        new = lambda: kernels.gaussian_sum(queries, **args)                   # noqa: E731
+        times = {"old": []} | {p: [] for p in paths}
+        results = {}
+        with threads_context(1):
+            for _ in range(repeats):
+                t, results["old"] = cpu_time(old)
+                times["old"].append(t)
+                for p in paths:
+                    kernels.set_isa(p)
+                    t, results[p] = cpu_time(new)
+                    times[p].append(t)
+            kernels.set_isa("auto")
+        v0, g0, n0 = results["old"]
+        for p in paths:
+            v, g, n = results[p]
+            assert n == n0, (label, p, n, n0)
+            assert np.abs(v - v0).max() <= 1e-12 * np.abs(v0).max(), label
+            assert np.abs(g - g0).max() <= 1e-12 * np.abs(g0).max(), label
+        # two threads, wall time
+        walls = {}
+        with threads_context(2):
+            for name, fn in (("old", old), ("new", new)):
+                best = float("inf")
+                for _ in range(max(2, repeats // 2)):
+                    t = time.perf_counter()
+                    fn()
+                    best = min(best, time.perf_counter() - t)
+                walls[name] = best
+        flops = flops_per_pair(hills.dimension, hills.adaptive) * n0
+        row = [label, f"{n0 / (len(queries) * len(hills)):.0%}", f"{min(times['old']) * 1e3:.3g}"]
+        for p in paths:
+            ratio = statistics.median(a / b for a, b in zip(times[p], times["old"]))
+            row += [f"{min(times[p]) * 1e3:.3g}", f"{ratio:.2f}"]
+        best_new = min(times[paths[0]])
+        row += [f"{flops / min(times['old']) / 1e9:.1f} → {flops / best_new / 1e9:.1f}",
+                f"{flops / best_new / 1e9 / dgemm:.0%}",
+                f"{walls['old'] * 1e3:.3g} → {walls['new'] * 1e3:.3g}"]
+        rows.append(row)
+    headers = ["hills", "evaluated", "before, 1 thr CPU (ms)"]
+    for p in paths:
+        headers += [f"now {p}, 1 thr CPU (ms)", f"now {p} / before (median)"]
+    headers += ["GFLOP/s before → now", "now / DGEMM", "2 thr wall (ms) before → now"]
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print()
+
+
+def deposition_cost(centres, heights, metrics, sizes, per_deposition: int, repeats: int = 5) -> None:
+    """CPU time of adding one deposition's hills (incremental blocks) to a set of n
+    hills, against rebuilding the blocks from scratch (what was done before)."""
+    rows = []
+    for n in sizes:
+        hills = HillSet(centres.shape[1], adaptive=True)
+        for s in range(n):
+            hills.add(centres[s], heights[s], metrics[s], s)
+        adds = []
+        for r in range(repeats):
+            lo = n + r * per_deposition
+            c = time.thread_time()
+            for s in range(lo, lo + per_deposition):
+                hills.add(centres[s], heights[s], metrics[s], s)
+            hills.blocks()
+            adds.append(time.thread_time() - c)
+        rebuild, _ = cpu_time(hills.rebuilt_blocks, 2)
+        rows.append([f"{n:.0e}".replace("e+0", "e"), f"{min(adds) * 1e3:.3g}",
+                     f"{statistics.median(adds) * 1e3:.3g}", f"{rebuild * 1e3:.3g}"])
+    print(f"| hills | deposition of {per_deposition} hills, best CPU (ms) | median (ms) | "
+          "blocks rebuilt from scratch (before), CPU (ms) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print()
+
+
+def long_run_table(folder: str, sf, radius: float) -> None:
+    """The table of benchmarks/long_run.py's runs in ``folder``: time per step,
+    coverage (biasserver.coverage, reference: the 'reference' run) and the largest
+    error of the approximate bias energy against the exact sum of all its hills."""
+    from ase import Atoms
+
+    from biasserver.coverage import Coverage, coverage_curve, environments
+
+    def frames_of(data):
+        cell = data["cell"]
+        return [Atoms("Si64", positions=p, cell=cell, pbc=True) for p in data["frames"]]
+
+    ref_path = os.path.join(folder, "reference.npz")
+    with np.load(ref_path) as ref:
+        reference = Coverage.from_reference(environments(frames_of(ref), sf), radius)
+        ref_steps = int(ref["steps_done"])
+        ref_t = float(ref["temperature_K"])
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.npz"))):
+        name = os.path.basename(path)[:-4]
+        if name != "reference":
+            with np.load(path) as data:
+                runs[name] = {k: data[k] for k in data.files}
+    curves = {name: coverage_curve(frames_of(d), sf, reference) for name, d in runs.items()}
+    exact = curves.get("exact")
+    rows = []
+    for name, d in runs.items():
+        steps = int(d["steps_done"])
+        cover = curves[name]
+        n_common = min(len(cover), len(exact)) if exact is not None else len(cover)
+        vs_exact = "-" if exact is None else f"{cover[n_common - 1] / exact[n_common - 1]:.2f}"
+        err = np.abs(d["energy"] - d["exact_energy"])
+        rel = err / np.maximum(np.abs(d["exact_energy"]), 1e-300)
+        setting = {"exact": "none", "compressed": f"compression {float(d['compression']):g}",
+                   "capped": f"max_hills {int(d['max_hills'])}"}.get(str(d["variant"]), str(d["variant"]))
+        rows.append([name, setting, steps, int(d["n_hills"][-1]),
+                     f"{d['bias_cpu_ms'][0]:.3g} / {np.median(d['bias_cpu_ms']):.3g} / {d['bias_cpu_ms'].max():.3g} / {d['bias_cpu_ms'][-1]:.3g}",
+                     f"{d['bias_ms'].max():.3g}", f"{np.median(d['step_ms']):.3g}",
+                     int(cover[-1]), vs_exact,
+                     f"{err.max():.2g} eV ({rel.max():.1%})", f"{float(d['load_average']):.1f}"])
+    print(f"Reference for the coverage: plain MD, {ref_steps} steps at {ref_t:g} K, radius {radius:g} "
+          "(standardised G). Bias time: CPU time of GMetaDBias.step per MD step, averaged over "
+          "windows of 500 steps: first / median / largest / last window.")
+    print()
+    headers = ["run", "approximation", "steps", "hills at end", "bias CPU ms/step (first/median/max/last)",
+               "largest window, wall ms/step", "whole step, median wall ms", "coverage (centres)",
+               "coverage / exact", "largest bias-energy error", "load average at end"]
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in r) + " |")
+    print()
