@@ -425,7 +425,8 @@ def main(argv=None):
         print(f"## Cost of a deposition ({n_q} adaptive hills added, blocks ready for the next evaluation)")
         print()
         bench_sections.deposition_cost(centres_all, heights_all, metrics_all,
-                                       [n for n in (1_000, 10_000, 100_000) if n + 5 * n_q <= len(heights_all)],
+                                       [n for n in (1_000, 10_000) if n + 5 * n_q <= len(heights_all)]
+                                       + [len(heights_all) - 5 * n_q],
                                        n_q)
     if "long" in sections and os.path.isdir(args.long_run):
         import bench_sections

@@ -115,7 +115,7 @@ def deposition_cost(centres, heights, metrics, sizes, per_deposition: int, repea
             hills.blocks()
             adds.append(time.thread_time() - c)
         rebuild, _ = cpu_time(hills.rebuilt_blocks, 2)
-        rows.append([f"{n:.0e}".replace("e+0", "e"), f"{min(adds) * 1e3:.3g}",
+        rows.append([str(n), f"{min(adds) * 1e3:.3g}",
                      f"{statistics.median(adds) * 1e3:.3g}", f"{rebuild * 1e3:.3g}"])
     print(f"| hills | deposition of {per_deposition} hills, best CPU (ms) | median (ms) | "
           "blocks rebuilt from scratch (before), CPU (ms) |")

@@ -13,10 +13,11 @@ functions). One process per run:
     python benchmarks/long_run.py run reference  --steps 2000 ...   # plain MD (no bias)
 
 Every --window steps it appends to <out>/<name>.npz: the bias's wall time per step
-(GMetaDBias.step: symmetry functions, hills, forces, deposition), the whole step's,
+(GMetaDBias.step: symmetry functions, hills, forces, deposition; wall and CPU time of
+the thread), the whole step's,
 the number of hills and, for approximate runs, the bias energy of the hills against
 the exact sum over every hill deposited so far (a shadow HillSet that never merges)
-at that step's structure. Frames are kept every --frame-every steps for the coverage
+at that step's structure. The hills file is <out>/<name>.hills. Frames are kept every --frame-every steps for the coverage
 (biasserver.coverage). The runs' files are read by bench_bias.py --long-run.
 """
 from __future__ import annotations
@@ -66,7 +67,8 @@ def run(args) -> None:
     if args.variant != "reference":
         bias = GMetaDBias(sf, height=HEIGHT, width=WIDTH, stride=STRIDE, species={"Si": 1.0},
                           compression=args.compression if args.variant == "compressed" else None,
-                          max_hills=args.max_hills if args.variant == "capped" else None)
+                          max_hills=args.max_hills if args.variant == "capped" else None,
+                          hills_file=os.path.join(args.out, f"{args.name or args.variant}.hills"))
         if args.variant != "exact":
             shadow = HillSet(sf.size("Si"), adaptive=True)
             hills = bias.hills["Si"]
@@ -83,10 +85,12 @@ def run(args) -> None:
             hills.add, hills.merge_into = add, merge_into
         timed_step = bias.step
         bias_times: list[float] = []
+        bias_cpu: list[float] = []
 
         def step(a):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             out = timed_step(a)
+            bias_cpu.append(time.thread_time() - c)
             bias_times.append(time.perf_counter() - t)
             return out
 
@@ -102,7 +106,7 @@ def run(args) -> None:
                        friction=0.01 / units.fs, fixcm=False, rng=rng)
     out = os.path.join(args.out, f"{args.name or args.variant}.npz")
     os.makedirs(args.out, exist_ok=True)
-    record = {k: [] for k in ("step", "bias_ms", "bias_max_ms", "step_ms", "n_hills",
+    record = {k: [] for k in ("step", "bias_ms", "bias_cpu_ms", "bias_max_ms", "step_ms", "n_hills",
                               "energy", "exact_energy", "temperature")}
     frames = []
     t0 = time.perf_counter()
@@ -111,6 +115,7 @@ def run(args) -> None:
         n = min(args.window, args.steps - done)
         if bias is not None:
             bias_times.clear()
+            bias_cpu.clear()
         t = time.perf_counter()
         for _ in range(n // args.frame_every):
             dyn.run(args.frame_every)
@@ -124,6 +129,7 @@ def run(args) -> None:
         record["temperature"].append(atoms.get_temperature())
         if bias is not None:
             record["bias_ms"].append(float(np.mean(bias_times)) * 1e3)
+            record["bias_cpu_ms"].append(float(np.mean(bias_cpu)) * 1e3)
             record["bias_max_ms"].append(float(np.max(bias_times)) * 1e3)
             record["n_hills"].append(bias.n_hills)
             energy = float(bias.atom_energies(atoms).sum())
