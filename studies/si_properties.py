@@ -520,40 +520,61 @@ def unstable_stacking_fault(calculator: Any, quick: bool = False, bulk: Optional
 
 
 def compute_all(calculator: Any, quick: bool = False,
-                progress: Optional[Callable[[str, float, float], None]] = None) -> Dict[str, float]:
+                progress: Optional[Callable[[str, float, float], None]] = None,
+                failures: Optional[Dict[str, str]] = None) -> Dict[str, float]:
     """Every property of :data:`UNITS`, in that order (A, eV, eV/A^2, GPa).
 
     ``progress(key, value, seconds)`` is called after each property (elastic
-    constants report once per constant, with the time of the set)."""
+    constants report once per constant, with the time of the set). A recipe that
+    fails (a relaxation that does not converge, a calculator error) raises, unless
+    a ``failures`` dict is given: then its properties are NaN and
+    ``failures[key]`` holds the error message, and the other recipes still run
+    (a poor potential may fail some of them; without the bulk, all fail)."""
     out: Dict[str, float] = {}
+    b: Optional[SiBulk] = None
 
     def step(keys, fn):
         t0 = time.perf_counter()
-        value = fn()
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - recorded per property when asked to
+            if failures is None:
+                raise
+            value = {key: float("nan") for key in keys}
+            for key in keys:
+                failures[key] = f"{type(exc).__name__}: {exc}"
         values = value if isinstance(value, dict) else {keys[0]: value}
         for key in keys:
             out[key] = float(values[key])
             if progress is not None:
                 progress(key, out[key], time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    b = si_bulk(calculator, quick)
-    out["a0"] = b.a0
-    if progress is not None:
-        progress("a0", b.a0, time.perf_counter() - t0)
+    def bulk() -> float:
+        nonlocal b
+        b = si_bulk(calculator, quick)
+        return b.a0
+
+    def missing():  # everything else is built at the bulk's a0
+        raise RuntimeError("no relaxed bulk (the a0 recipe failed)")
+
+    step(["a0"], bulk)
     kw = dict(quick=quick, bulk=b)
-    step(["cohesive_energy"], lambda: cohesive_energy(calculator, **kw))
-    step(["bulk_modulus", "C11", "C12", "C44", "C44_unrelaxed"], lambda: elastic_constants(calculator, **kw))
-    step(["surface_100_2x1"], lambda: surface_100_2x1(calculator, **kw))
-    step(["surface_110"], lambda: surface_110(calculator, **kw))
-    step(["surface_111_shuffle"], lambda: surface_111_shuffle(calculator, **kw))
-    step(["surface_111_das_3x3"], lambda: surface_111_das_3x3(calculator, **kw))
-    step(["vacancy"], lambda: vacancy_formation(calculator, **kw))
-    step(["interstitial_tetrahedral"], lambda: interstitial_tetrahedral(calculator, **kw))
-    step(["interstitial_hexagonal"], lambda: interstitial_hexagonal(calculator, **kw))
-    step(["interstitial_dumbbell"], lambda: interstitial_dumbbell(calculator, **kw))
-    step(["vacancy_migration"], lambda: vacancy_migration(calculator, **kw))
-    step(["gb_sigma3_112"], lambda: gb_sigma3_112(calculator, **kw))
-    step(["usf_shuffle"], lambda: unstable_stacking_fault(calculator, plane="shuffle", **kw))
-    step(["usf_glide"], lambda: unstable_stacking_fault(calculator, plane="glide", **kw))
+    recipes = [
+        (["cohesive_energy"], lambda: cohesive_energy(calculator, **kw)),
+        (["bulk_modulus", "C11", "C12", "C44", "C44_unrelaxed"], lambda: elastic_constants(calculator, **kw)),
+        (["surface_100_2x1"], lambda: surface_100_2x1(calculator, **kw)),
+        (["surface_110"], lambda: surface_110(calculator, **kw)),
+        (["surface_111_shuffle"], lambda: surface_111_shuffle(calculator, **kw)),
+        (["surface_111_das_3x3"], lambda: surface_111_das_3x3(calculator, **kw)),
+        (["vacancy"], lambda: vacancy_formation(calculator, **kw)),
+        (["interstitial_tetrahedral"], lambda: interstitial_tetrahedral(calculator, **kw)),
+        (["interstitial_hexagonal"], lambda: interstitial_hexagonal(calculator, **kw)),
+        (["interstitial_dumbbell"], lambda: interstitial_dumbbell(calculator, **kw)),
+        (["vacancy_migration"], lambda: vacancy_migration(calculator, **kw)),
+        (["gb_sigma3_112"], lambda: gb_sigma3_112(calculator, **kw)),
+        (["usf_shuffle"], lambda: unstable_stacking_fault(calculator, plane="shuffle", **kw)),
+        (["usf_glide"], lambda: unstable_stacking_fault(calculator, plane="glide", **kw)),
+    ]
+    for keys, fn in recipes:
+        step(keys, fn if b is not None else missing)
     return {key: out[key] for key in PROPERTY_KEYS}

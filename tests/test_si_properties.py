@@ -182,3 +182,18 @@ def test_unconverged_relaxation_raises(sw):
     atoms.rattle(0.1, seed=1)
     with pytest.raises(RuntimeError, match="not converged to fmax=1e-06 eV/A in 2 lbfgs steps"):
         relax_positions(atoms, sw, fmax=1e-6, steps=2)
+
+
+def test_failing_recipes_recorded_when_asked():
+    """A calculator that cannot do silicon (EMT has no Si): with a ``failures`` dict
+    every property is NaN and names the error; without it the error propagates."""
+    from ase.calculators.emt import EMT
+
+    failures = {}
+    values = sp.compute_all(EMT(), quick=True, failures=failures)
+    assert list(values) == list(sp.PROPERTY_KEYS)
+    assert all(np.isnan(v) for v in values.values())
+    assert set(failures) == set(sp.PROPERTY_KEYS)
+    assert "Si" in failures["a0"] and "a0 recipe failed" in failures["vacancy"]
+    with pytest.raises(NotImplementedError, match="Si"):
+        sp.compute_all(EMT(), quick=True)
