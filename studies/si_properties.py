@@ -392,12 +392,13 @@ def interstitial_tetrahedral(calculator: Any, quick: bool = False, bulk: Optiona
 
 def interstitial_hexagonal(calculator: Any, quick: bool = False, bulk: Optional[SiBulk] = None) -> float:
     """Hexagonal interstitial formation energy (eV): an atom at the centre of a
-    six-ring, a0 (5/8, 5/8, 5/8) + a0 (1, 1, 1), relaxed with its motion along [111]
-    frozen (along [111] the H site is a saddle between two T sites)."""
+    six-ring, a0 (5/8, 5/8, 5/8) in the central cubic cell of the 216-atom (64
+    quick) cell, relaxed with its motion along [111] frozen (along [111] the H site
+    is a saddle between two T sites)."""
     s = sizes(quick)
     b = _bulk(calculator, quick, bulk)
     atoms = _supercell(b, s.defect_repeat)
-    origin = 1.0 if s.defect_repeat > 2 else 0.0
+    origin = float(s.defect_repeat // 2)
     atoms.append(Atom("Si", b.a0 * (origin + 5.0 / 8.0) * np.ones(3)))
     atoms.set_constraint(FixedPlane(len(atoms) - 1, direction=[1, 1, 1]))
     return _interstitial(b, calculator, s, atoms)
