@@ -324,8 +324,9 @@ def parse_args(argv=None):
                         help="liquid hills: then deposit at this T (K; SW Si melts at 1691 K)")
     parser.add_argument("--liquid-every", type=int, default=20, help="liquid hills: MD steps between depositions")
     parser.add_argument("--no-analysis", action="store_true", help="skip the pruning analysis")
-    parser.add_argument("--sections", default="kernel,deposition,tables,long",
-                        help="comma-separated: kernel (before/after ratios, GFLOP/s vs DGEMM), deposition, "
+    parser.add_argument("--sections", default="kernel,symmetry,deposition,tables,long",
+                        help="comma-separated: kernel (before/after ratios, GFLOP/s vs DGEMM), symmetry "
+                             "(symmetry functions on each code path), deposition, "
                              "tables (the timing, memory and pruning tables), long (long-run table)")
     parser.add_argument("--kernel-repeats", type=int, default=7, help="interleaved repeats of the before/after timings")
     parser.add_argument("--long-run", default=os.path.join(ROOT, "benchmarks", ".cache", "long_run"),
@@ -420,6 +421,12 @@ def main(argv=None):
                                  f"{'pruned' if tol else 'unpruned'}", hills))
         bench_sections.kernel_ratios(sets, queries, args.kernel_repeats, threads_context, dgemm)
         del sets
+    if "symmetry" in sections:
+        import bench_sections
+        print("## Symmetry functions on each code path (run-time dispatch)")
+        print()
+        with threads_context(1):
+            bench_sections.symmetry_paths(sf, query)
     if "deposition" in sections:
         import bench_sections
         print(f"## Cost of a deposition ({n_q} adaptive hills added, blocks ready for the next evaluation)")

@@ -177,3 +177,28 @@ def long_run_table(folder: str, sf, radius: float) -> None:
     for r in rows:
         print("| " + " | ".join(str(c) for c in r) + " |")
     print()
+
+
+def symmetry_paths(sf, atoms, repeats: int = 20) -> None:
+    """Symmetry functions of ``atoms`` (values, and values + derivatives) on each code
+    path: best CPU time over interleaved repeats, and the median ratio AVX2 / SSE2."""
+    paths = [p for p in ("sse2", "avx2") if kernels.isa_available(p)]
+    rows = []
+    for label, fn in (("values (sf.values)", lambda: sf.values(atoms)),
+                      ("values + derivatives (sf.compute)", lambda: sf.compute(atoms))):
+        times = {p: [] for p in paths}
+        for _ in range(repeats):
+            for p in paths:
+                kernels.set_isa(p)
+                times[p].append(cpu_time(fn)[0])
+        kernels.set_isa("auto")
+        row = [label] + [f"{min(times[p]) * 1e3:.3g}" for p in paths]
+        if len(paths) == 2:
+            row.append(f"{statistics.median(a / b for a, b in zip(times['avx2'], times['sse2'])):.2f}")
+        rows.append(row)
+    headers = ["Si64, 1 thread"] + [f"{p} CPU (ms)" for p in paths] + (["avx2 / sse2 (median)"] if len(paths) == 2 else [])
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print()

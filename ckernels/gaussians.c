@@ -102,13 +102,13 @@ static inline v4d gm_vexp(v4d x) {
                                const double *mu, const double *gq, double *y, double *q) { \
         v4d c[R][2];                                                                       \
         for (int t = 0; t < R; t++) c[t][0] = c[t][1] = bcast(0.0);                        \
-        const double *ar = a + (size_t)r0 * dim;                                           \
         for (int k = 0; k < dim; k++) {                                                    \
             const double *g = gq + (size_t)k * ld + j;                                     \
+            const double *ak = a + (size_t)k * dim + r0; /* A[r0 + t][k], A symmetric */  \
             const v4d m = bcast(mu[k]);                                                    \
             const v4d d0 = load4(g) - m, d1 = load4(g + 4) - m;                            \
             for (int t = 0; t < R; t++) {                                                  \
-                const v4d b = bcast(ar[(size_t)t * dim + k]);                              \
+                const v4d b = bcast(ak[t]);                                                \
                 c[t][0] = VFMA(b, d0, c[t][0]);                                            \
                 c[t][1] = VFMA(b, d1, c[t][1]);                                            \
             }                                                                              \
@@ -251,10 +251,14 @@ static long sum_chunk(int dim, int nq, const double *query, int n_hills,
                         d2 = VFMA(d, d, d2);
                     }
                     const v4d q = iv * d2;
-                    v4d wt = h * gm_vexp(half * q);
-                    if (per_hill) wt = (v4d)((v4l)wt & ~(v4l)(e * d2 > cut));
                     store4(w->d2 + j, d2);
                     store4(w->q + j, q);
+                    v4l pruned = {0, 0, 0, 0};
+                    if (per_hill) {
+                        pruned = (v4l)(e * d2 > cut);
+                        if (pruned[0] & pruned[1] & pruned[2] & pruned[3]) continue; /* weight 0 */
+                    }
+                    const v4d wt = (v4d)((v4l)(h * gm_vexp(half * q)) & ~pruned);
                     store4(w->bv + j, load4(w->bv + j) + wt);
                     if (!gradient) continue;
                     const v4d f = -(wt * iv);
