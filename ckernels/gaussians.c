@@ -222,10 +222,27 @@ static long sum_chunk(int dim, int nq, const double *query, int n_hills,
                 const double reach = dist + block_radius[blk];
                 /* margin: no hill passing this test can fail the computed one */
                 if (min_eig && max_min_eig * reach * reach * (1.0 + 1e-9) > q_cut) per_hill = 1;
+                w->w[n_live] = dist;
             }
             w->live[n_live++] = i;
         }
         if (n_live == 0) continue;
+        if (per_hill && n_blocks > 0) {
+            /* queries in order of distance to the block (ties: chunk order), so that
+             * the 4 lanes of a vector tend to be pruned together; each query's sums
+             * do not depend on its lane */
+            for (int l = 1; l < n_live; l++) {
+                const double dl = w->w[l];
+                const int il = w->live[l];
+                int k = l;
+                for (; k > 0 && w->w[k - 1] > dl; k--) {
+                    w->w[k] = w->w[k - 1];
+                    w->live[k] = w->live[k - 1];
+                }
+                w->w[k] = dl;
+                w->live[k] = il;
+            }
+        }
         const int m = (n_live + JT - 1) / JT * JT;
         /* gather the live queries, transposed; padding columns are zeros (their
          * results are computed and never used) */
