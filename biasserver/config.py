@@ -18,12 +18,13 @@ to the YAML file)::
       jacobian: folded             # or images: periodic images as separate columns of J,
                                    # as the original LAMMPS code (cells < 2 cutoffs)
       well_tempered: null          # bias temperature in K
-      compression: null            # Mahalanobis merge threshold; long runs: 0.3 (Si64 SW
-                                   # at 500 K: about 1/4 of the hills, same coverage, bias
-                                   # energy within 10 %; benchmarks/README.md, long runs)
+      compression: null            # Mahalanobis merge threshold; long runs: 0.3 (Si64 SW,
+                                   # 500 K, 10 000 steps: 1/8 of the hills, coverage -1 %,
+                                   # bias energy within 10 %; benchmarks/README.md)
       max_hills: null              # cap per element: beyond it every new hill merges into
                                    # its nearest, so the cost per step stops growing; costs
-                                   # accuracy (1000 on Si64: bias energy off by up to 60 %)
+                                   # accuracy (1000 on Si64: same coverage, bias energy
+                                   # off by up to 150 %): a cost bound, not a default
       walls: []                    # [{kind: height, ...}, {kind: distance, ...}]
       hills_file: HILLS
       restart: true                # continue from hills_file when it exists
