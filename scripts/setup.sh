@@ -13,7 +13,7 @@ if ! command -v pw.x >/dev/null 2>&1 || [ ! -d /usr/share/espresso/pseudo ]; the
         echo "setup: apt-get not found; install Quantum ESPRESSO (pw.x) by hand for the DFT tests" >&2
     fi
 fi
-# the NNP (package nnp) needs torch: exactly this version, whose CPU wheel is local here
+# the NNP (package nnp) needs torch, pinned to the CPU build this package is tested with
 # (an unpinned torch would pull a multi-GB CUDA build)
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test,nnp]"

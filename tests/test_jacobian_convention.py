@@ -22,6 +22,7 @@ from ase.io import read, write
 from biasserver.bias import GMetaDBias
 from biasserver.config import ConfigError, load
 from biasserver.symmetry import SymmetryFunctions
+from test_bias import strained
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 CUTOFF = 6.0
@@ -258,14 +259,6 @@ def test_conventions_differ_in_short_cells(case):
     assert e_f > 0 and e_i > 0
     assert abs(e_i - e_f) > 1e-4 * e_f
     assert np.abs(f_i - f_f).max() > 0.01 * np.abs(f_f).max()
-
-
-def strained(atoms, eps):
-    out = atoms.copy()
-    m = np.eye(3) + eps
-    out.set_cell(atoms.cell.array @ m.T, scale_atoms=False)
-    out.positions = atoms.positions @ m.T
-    return out
 
 
 @pytest.mark.parametrize("case", ["Si8", "Pt111-H"])
