@@ -222,18 +222,32 @@ def test_factory_errors():
 # --------------------------------------------------------------------------- #
 
 
-def _serve_in_thread(calc, atoms, address, **kw):
+def evaluate_through_driver(calc, atoms, timeout: float = 10):
+    """One force evaluation of ``atoms`` by ``run_driver(calc)`` in a thread, through a real
+    socket (inet on purpose: the TCP_NODELAY path); returns the server side's result."""
+    lst = P.listen("inet:127.0.0.1:0")
     box = {}
 
     def target():
         try:
-            box["served"] = run_driver(calc, atoms, address, connect_timeout=10, io_timeout=10, **kw)
+            box["served"] = run_driver(calc, atoms, f"inet:127.0.0.1:{lst.address.port}",
+                                       connect_timeout=timeout, io_timeout=timeout)
         except BaseException as exc:  # noqa: BLE001
             box["error"] = exc
 
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, box
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        conn = lst.accept(timeout=timeout, io_timeout=timeout)
+        role = ServerRole(conn, compute_timeout=timeout)
+        res = role.evaluate(Positions(atoms.cell.array, atoms.positions))
+        role.send_exit()
+        thread.join(timeout)
+    finally:
+        lst.close()
+    assert not thread.is_alive() and "error" not in box, box
+    assert box["served"] == 1
+    return res
 
 
 @pytest.mark.parametrize("engine", ["emt", "sw"])
@@ -241,19 +255,7 @@ def test_virial_is_minus_stress_times_volume(engine):
     atoms = cu_cell(strain=0.03) if engine == "emt" else si_cell()
     if engine == "sw":
         atoms.set_cell(atoms.cell.array @ np.array([[1.02, 0.01, 0], [0, 0.99, 0.02], [0, 0, 1.0]]), scale_atoms=True)
-    calc = make_calculator(engine)
-    lst = P.listen("inet:127.0.0.1:0")  # inet on purpose: TCP_NODELAY path
-    t, box = _serve_in_thread(calc, atoms, f"inet:127.0.0.1:{lst.address.port}")
-    try:
-        conn = lst.accept(timeout=10, io_timeout=10)
-        role = ServerRole(conn, compute_timeout=10)
-        res = role.evaluate(Positions(atoms.cell.array, atoms.positions))
-        role.send_exit()
-        t.join(10)
-        assert not t.is_alive() and "error" not in box, box
-        assert box["served"] == 1
-    finally:
-        lst.close()
+    res = evaluate_through_driver(make_calculator(engine), atoms)
 
     ref = atoms.copy()
     ref.calc = make_calculator(engine)

@@ -5,20 +5,16 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ase.build import bulk
 
-from biasserver import protocol as P
-from biasserver.protocol import Positions, ServerRole
 from biasserver.symmetry import SymmetryFunctions
 from drivers.calculators import make_calculator
-from drivers.client import run_driver
 from ipi_helpers import read_properties, running_ipi, stop_process, unique_socket_name, wait_ipi, write_ipi_input
-from test_drivers import ev_as_printed_by_ipi, ipi_round_trip_frame
+from test_drivers import ev_as_printed_by_ipi, evaluate_through_driver, ipi_round_trip_frame
 from test_nnp_model import random_model, rattled
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,28 +61,7 @@ def test_committee_spread_in_the_extras(tmp_path):
     atoms = si64()
     model = random_model(rattled(atoms, n=3), SymmetryFunctions.default(["Si"]), members=3, seed=6)
     model.save(tmp_path / "committee.pt")
-    calc = make_calculator("nnp", model=str(tmp_path / "committee.pt"))
-    lst = P.listen("inet:127.0.0.1:0")
-    box = {}
-
-    def serve():
-        try:
-            box["served"] = run_driver(calc, atoms, f"inet:127.0.0.1:{lst.address.port}",
-                                       connect_timeout=10, io_timeout=20)
-        except BaseException as exc:  # noqa: BLE001
-            box["error"] = exc
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        conn = lst.accept(timeout=10, io_timeout=20)
-        role = ServerRole(conn, compute_timeout=20)
-        res = role.evaluate(Positions(atoms.cell.array, atoms.positions))
-        role.send_exit()
-        thread.join(20)
-    finally:
-        lst.close()
-    assert "error" not in box and box["served"] == 1
+    res = evaluate_through_driver(make_calculator("nnp", model=str(tmp_path / "committee.pt")), atoms, timeout=20)
     pred = model.predict(atoms)
     extras = json.loads(res.extras)
     assert extras["committee"] == 3
