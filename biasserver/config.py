@@ -289,18 +289,28 @@ def _section(raw: dict, key: str, cls, where: str):
     return obj
 
 
-def load(path: str | os.PathLike) -> RunConfig:
-    """Read and validate a run configuration."""
-    path = os.fspath(path)
+def read_yaml_mapping(path: str, error: type[Exception] = ConfigError) -> dict:
+    """The top-level mapping of the YAML file ``path`` (an empty file gives {});
+    ``error`` is raised with the file name for unreadable files, bad YAML or another
+    top-level type."""
     try:
         with open(path) as handle:
             raw = yaml.safe_load(handle)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise error(f"{path}: not valid YAML: {err}") from None
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+        raise error(f"{path}: cannot read: {err.strerror}") from None
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise error(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load(path: str | os.PathLike) -> RunConfig:
+    """Read and validate a run configuration."""
+    path = os.fspath(path)
+    raw = read_yaml_mapping(path)
     top = {"structure", "symmetry", "bias", "server", "recorder", "run"}
     unknown = sorted(set(raw) - top)
     if unknown:

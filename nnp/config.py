@@ -40,8 +40,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import yaml
 
+from biasserver.config import read_yaml_mapping
 from biasserver.symmetry import SymmetryFunctions
 
 from .model import ACTIVATIONS
@@ -159,15 +159,7 @@ def load_config(path: str | os.PathLike | None, **overrides) -> TrainConfig:
     base = os.getcwd()
     if path is not None:
         where = os.fspath(path)
-        try:
-            with open(where) as handle:
-                raw = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as err:
-            raise TrainConfigError(f"{where}: not valid YAML: {err}") from None
-        except OSError as err:
-            raise TrainConfigError(f"{where}: cannot read: {err.strerror}") from None
-        if not isinstance(raw, dict):
-            raise TrainConfigError(f"{where}: expected a mapping at the top level")
+        raw = read_yaml_mapping(where, TrainConfigError)
         base = os.path.dirname(os.path.abspath(where))
     known = [f.name for f in fields(TrainConfig) if f.name != "path"]
     unknown = sorted(set(raw) - set(known))
