@@ -9,6 +9,7 @@ is a small factory registered under a short name in :data:`CALCULATORS`;
     make_calculator("tersoff")                           # matscipy Tersoff, Si (PRB 39, 5566)
     make_calculator("eam", potential="Cu.eam.alloy")     # matscipy EAM from a file
     make_calculator("nnp", model="model.pt")             # a potential of 'gmetad train'
+    make_calculator("chgnet")                            # CHGNet 0.3.0, weights in the wheel
     make_calculator("ase.calculators.lj:LennardJones", sigma=2.3, epsilon=0.1)
 
 Every calculator works in ASE units (angstrom, eV). The ``module:Class`` form
@@ -108,6 +109,45 @@ def _nnp(model: str | None = None):
     from nnp.calculator import NNPCalculator
 
     return NNPCalculator(model)
+
+
+@register("chgnet")
+def _chgnet(model: str = "0.3.0", device: str = "cpu", threads: int | None = 1):
+    """CHGNet, a universal machine-learning potential (Deng et al., Nat. Mach.
+    Intell. 5, 1031 (2023)), with energy, forces and stress (eV, eV/A, eV/A^3).
+
+    ``model``: a pretrained version shipped inside the ``chgnet`` wheel
+    (``"0.3.0"``, default, or ``"0.2.0"``; ``chgnet==0.3.8`` carries both, so
+    nothing is downloaded) or the path of a CHGNet checkpoint file.
+    ``device``: torch device (``"cpu"``). ``threads``: torch threads of this
+    process (None keeps torch's default; one thread leaves the other cores to
+    i-PI and the bias server). The model computes in float32: energies carry
+    about 1e-7 relative round-off. Installed by ``pip install "gmetad[chgnet]"``.
+    """
+    try:
+        import torch
+        from chgnet.model import CHGNet
+        from chgnet.model.dynamics import CHGNetCalculator
+    except ImportError as exc:
+        raise ValueError(
+            f"the chgnet calculator needs the chgnet package ({exc}): "
+            "pip install 'gmetad[chgnet]' (scripts/setup.sh installs it)"
+        ) from exc
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"chgnet: threads must be None or an integer >= 1, got {threads!r}")
+        torch.set_num_threads(threads)
+    model = str(model)
+    if model in ("0.3.0", "0.2.0"):
+        network = CHGNet.load(model_name=model, use_device=device, check_cuda_mem=False, verbose=False)
+    else:
+        import os
+
+        if not os.path.isfile(model):
+            raise ValueError(f"chgnet: model {model!r} is neither a shipped version (0.3.0, 0.2.0) "
+                             "nor an existing checkpoint file")
+        network = CHGNet.from_file(model)
+    return CHGNetCalculator(network, use_device=device, check_cuda_mem=False)
 
 
 def _parameter_set(module: Any, name: str) -> dict:

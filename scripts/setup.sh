@@ -16,4 +16,6 @@ fi
 # the NNP (package nnp) needs torch, pinned to the CPU build this package is tested with
 # (an unpinned torch would pull a multi-GB CUDA build)
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test,nnp]"
+# chgnet: the GeTe reference engine; 0.3.8 ships its weights in the wheel (nothing is
+# downloaded at run time) and works with this torch (adds pymatgen: ~240 MB, ~30 s)
+python -m pip install -q -e ".[test,nnp,chgnet]"
