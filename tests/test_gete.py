@@ -1,0 +1,154 @@
+"""GeTe study: both elements biased with their own coefficients, and the
+rock-salt-likeness criterion on rock salt, rhombohedral, antisite and disordered
+structures."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from biasserver.bias import GMetaDBias
+from biasserver.symmetry import SymmetryFunctions
+from studies.gete import rock_salt
+
+
+def explicit_hill_sum(hills, values):
+    """sum_s h_s exp(-1/2 (g - mu_s)^T A_s (g - mu_s)) for each row g, by plain numpy."""
+    d = values[:, None, :] - hills.centres[None, :, :]
+    q = np.einsum("nsi,sij,nsj->ns", d, hills.metrics, d)
+    return (hills.heights[None, :] * np.exp(-0.5 * q)).sum(axis=1)
+
+
+@pytest.fixture(scope="module")
+def sf():
+    return SymmetryFunctions.default(["Ge", "Te"])
+
+
+def deposit_twice(sf, species, seed=2):
+    atoms = rock_salt(1)
+    bias = GMetaDBias(sf, height=0.001, width=1.0, stride=1, species=species, prune_tolerance=0.0)
+    for k in range(3):                       # steps 0 (no deposition), 1 and 2
+        frame = atoms.copy()
+        frame.rattle(0.08, seed=seed + k)
+        bias.step(frame)
+    probe = atoms.copy()
+    probe.rattle(0.08, seed=seed + 10)
+    return bias, probe
+
+
+def test_both_elements_deposit_hills_with_their_own_coefficients(sf):
+    coefficients = {"Ge": 1.0, "Te": 0.25}
+    bias, probe = deposit_twice(sf, coefficients)
+    symbols = np.array(probe.get_chemical_symbols())
+    # one hill per atom of each element and deposition, at the plain height h
+    for e in ("Ge", "Te"):
+        assert len(bias.hills[e]) == 2 * int((symbols == e).sum())
+        np.testing.assert_array_equal(bias.hills[e].heights, 0.001)
+    energies = bias.atom_energies(probe)
+    values = sf.values(probe)
+    for e, c in coefficients.items():
+        own = explicit_hill_sum(bias.hills[e], values[e])
+        assert own.min() > 1e-6                      # the probe feels its element's hills
+        np.testing.assert_allclose(energies[symbols == e], c * own, rtol=1e-10, atol=1e-12 * own.max())
+    total, forces, _ = bias.energy_forces(probe)
+    assert total == pytest.approx(energies.sum(), rel=1e-12)
+    # forces of the two-element bias: central differences of its energy
+    for atom, axis in ((0, 0), (1, 2), (5, 1)):
+        shifted = []
+        for d in (1e-5, -1e-5):
+            moved = probe.copy()
+            moved.positions[atom, axis] += d
+            shifted.append(bias.energy_forces(moved)[0])
+        numerical = -(shifted[0] - shifted[1]) / 2e-5
+        assert forces[atom, axis] == pytest.approx(numerical, abs=1e-6 * np.abs(forces).max())
+
+    # the same depositions with Te's coefficient 1: Ge is unchanged, Te's bias x 4
+    same, _ = deposit_twice(sf, {"Ge": 1.0, "Te": 1.0})
+    scaled = same.atom_energies(probe)
+    np.testing.assert_allclose(scaled[symbols == "Ge"], energies[symbols == "Ge"], rtol=1e-12)
+    np.testing.assert_allclose(scaled[symbols == "Te"], 4 * energies[symbols == "Te"], rtol=1e-12)
+
+
+def test_an_unbiased_element_deposits_nothing(sf):
+    bias, probe = deposit_twice(sf, {"Ge": 1.0, "Te": 0.0})
+    assert len(bias.hills["Te"]) == 0 and len(bias.hills["Ge"]) == 8
+    energies = bias.atom_energies(probe)
+    symbols = np.array(probe.get_chemical_symbols())
+    np.testing.assert_array_equal(energies[symbols == "Te"], 0.0)
+    assert energies[symbols == "Ge"].min() > 0
+
+
+def test_hills_file_keeps_both_elements_and_coefficients(sf, tmp_path):
+    bias, probe = deposit_twice(sf, {"Ge": 1.0, "Te": 0.25})
+    bias.save(tmp_path / "HILLS")
+    again = GMetaDBias.load(tmp_path / "HILLS")
+    assert again.species == {"Ge": 1.0, "Te": 0.25}
+    np.testing.assert_allclose(again.atom_energies(probe), bias.atom_energies(probe), rtol=1e-12, atol=1e-15)
+
+
+# --------------------------------------------------------------------------- #
+# rock-salt-likeness
+# --------------------------------------------------------------------------- #
+
+
+def rhombohedral(u=0.3, strain=0.02):
+    """alpha-GeTe-like: rock salt stretched along [111], Ge shifted by u (A) along
+    [111], giving 3 short (2.86 A) and 3 long (3.21 A) Ge-Te bonds."""
+    atoms = rock_salt(2)
+    n = np.ones(3) / np.sqrt(3)
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + strain * np.outer(n, n)), scale_atoms=True)
+    ge = np.array(atoms.get_chemical_symbols()) == "Ge"
+    atoms.positions[ge] += u * n
+    return atoms
+
+
+def disordered(seed=7, closest=2.4):
+    """32 Ge + 32 Te at random in rock salt's cell, no two closer than ``closest`` A."""
+    atoms = rock_salt(2)
+    rng = np.random.default_rng(seed)
+    placed = []
+    while len(placed) < len(atoms):
+        trial = rng.random(3) @ atoms.cell.array
+        if placed:
+            probe = atoms[:len(placed) + 1].copy()
+            probe.positions[:len(placed)] = placed
+            probe.positions[len(placed)] = trial
+            if probe.get_distances(len(placed), range(len(placed)), mic=True).min() < closest:
+                continue
+        placed.append(trial)
+    atoms.positions = np.array(placed)
+    return atoms
+
+
+def test_rock_salt_and_its_thermal_and_rhombohedral_distortions_are_rock_salt_like():
+    from studies.gete_analysis import min_distance, non_rock_salt_fraction, rock_salt_like
+
+    perfect = rock_salt(2)
+    assert rock_salt_like(perfect).all()
+    warm = perfect.copy()
+    warm.rattle(0.15, seed=3)          # about the rms displacement at 600 K
+    assert rock_salt_like(warm).all()
+    rhombo = rhombohedral()
+    bonds = np.sort(rhombo.get_distances(0, range(len(rhombo)), mic=True))[1:7]
+    assert bonds[:3].max() < 2.9 and bonds[3:].min() > 3.15    # alpha-GeTe: 2.84 and 3.16 A
+    assert rock_salt_like(rhombo).all()
+    assert non_rock_salt_fraction(rhombo) == {"Ge": 0.0, "Te": 0.0}
+    assert min_distance(perfect) == pytest.approx(6.012 / 2, abs=1e-9)
+
+
+def test_antisites_and_disorder_are_not_rock_salt_like():
+    from studies.gete_analysis import non_rock_salt_fraction, rock_salt_like
+
+    atoms = rock_salt(2)
+    symbols = atoms.get_chemical_symbols()
+    far = atoms.get_distances(0, range(len(atoms)), mic=True) > 5.0
+    ge, te = 0, int(np.flatnonzero(far & (np.array(symbols) == "Te"))[0])
+    assert symbols[ge] == "Ge" and symbols[te] == "Te"
+    assert atoms.get_distance(ge, te, mic=True) > 5.0       # the two antisites share no neighbour
+    swapped = atoms.copy()
+    swapped.symbols[ge], swapped.symbols[te] = "Te", "Ge"
+    like = rock_salt_like(swapped)
+    # the two antisites and their 2 x 6 neighbours, which now have a like-element bond
+    assert (~like).sum() == 14
+    assert not like[ge] and not like[te]
+    fractions = non_rock_salt_fraction(disordered())
+    assert fractions["Ge"] > 0.9 and fractions["Te"] > 0.9
