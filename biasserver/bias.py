@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -22,6 +23,18 @@ from .hillsfile import HillRecord, HillsFileError
 from .symmetry import Descriptors, SymmetryFunctions
 from .units import KB
 from .walls import wall_from_dict
+
+
+@dataclass
+class HillCandidates:
+    """Hills one walker deposits on atoms of one element at one step, before they
+    are applied: centres (n, D) G_i, metrics (one (D, D) matrix, a scalar, or None
+    for an atom without neighbours) and the atoms' indices."""
+
+    element: str
+    centres: np.ndarray
+    metrics: list
+    atoms: np.ndarray
 
 COVARIANCES = ("adaptive", "isotropic")
 #: conventions for J in the adaptive covariance (see GMetaDBias)
@@ -225,13 +238,38 @@ class GMetaDBias:
         return self._deposit(self._descriptors(atoms))
 
     def _deposit(self, desc: Descriptors) -> int:
-        added = 0
-        records = []
+        return self.apply_candidates(self._candidates(desc))[0]
+
+    # -- deposition in two halves (several walkers feeding one bias) ---------
+    def hill_candidates(self, atoms: Atoms) -> list[HillCandidates]:
+        """The hills ``atoms`` would deposit now, per biased element, before they
+        meet the existing hills: centres G_i and metrics A_i (the walker's own
+        half of a deposition; :meth:`apply_candidates` is the shared half)."""
+        _check_finite(atoms)
+        return self._candidates(self._descriptors(atoms))
+
+    def _candidates(self, desc: Descriptors) -> list[HillCandidates]:
+        out = []
         for e, coefficient in self.species.items():
             if coefficient == 0 or len(desc.values[e]) == 0:
                 continue
+            values = np.array(desc.values[e], dtype=np.float64)
+            metrics = [self._metric(desc, e, c) for c in range(len(values))]
+            out.append(HillCandidates(e, values, metrics, np.asarray(desc.indices[e], dtype=np.int64)))
+        return out
+
+    def apply_candidates(self, candidates: Sequence[HillCandidates]) -> tuple[int, list[HillRecord]]:
+        """Deposit hill candidates at MD step ``step_count``, element group by group
+        in the given order: heights (well-tempered: from the bias felt at each centre
+        before this group), merges and the hills file as for a single walker.
+        Returns (hills added, the records written, in order)."""
+        added = 0
+        records = []
+        for group in candidates:
+            e = group.element
+            coefficient = self.species[e]
             hills = self.hills[e]
-            values = desc.values[e]
+            values = group.centres
             heights = np.full(len(values), self.height)
             merging = self.compression is not None or self.max_hills is not None
             near_index = near_q = None
@@ -239,12 +277,12 @@ class GMetaDBias:
                 felt, near_index, near_q = hills.nearest(values)
                 if self.well_tempered is not None:
                     heights = self.height * np.exp(-coefficient * felt / (KB * self.well_tempered))
-            metrics = [self._metric(desc, e, c) for c in range(len(values))]
+            metrics = group.metrics
             touched: list[int] = []     # hills added or merged in this deposition
             for c in range(len(values)):
                 if metrics[c] is None:
                     log.warning("step %d: %s atom %d has no neighbour within the cutoff; no hill for it",
-                                self.step_count, e, int(desc.indices[e][c]))
+                                self.step_count, e, int(group.atoms[c]))
                     continue
                 index = None
                 if merging:
@@ -258,10 +296,23 @@ class GMetaDBias:
                 if index not in touched:
                     touched.append(index)
                 records.append(HillRecord(index, self.step_count, e, float(hills.heights[index]),
-                                          hills.centres[index], hills.metrics[index]))
+                                          hills.centres[index].copy(), hills.metrics[index].copy()))
         if self._writer is not None:
             self._writer.append(records)
-        return added
+        return added, records
+
+    def apply_records(self, records: Sequence[HillRecord], where: str = "hill records") -> None:
+        """Replay hill records (new hills and merges, as a hills file holds them):
+        the bias then holds bit for bit the hills of the bias that wrote them."""
+        for lineno, r in enumerate(records, 1):
+            hills = self.hills[r.element]
+            if r.id == len(hills):
+                hills.add(r.centre, r.height, r.metric, r.step)
+            elif r.id < len(hills):
+                hills.replace(r.id, r.centre, r.height, r.metric, r.step)
+            else:
+                raise HillsFileError(f"{where}: hill record {lineno} has id {r.id} but only "
+                                     f"{len(hills)} {r.element} hills precede it")
 
     def _metric(self, desc: Descriptors, element: str, centre: int):
         """Inverse covariance of a hill deposited at one centre (see class docstring), or
@@ -337,18 +388,8 @@ class GMetaDBias:
                                  f"into a bias with {self.covariance} covariance")
         self.hills = {e: HillSet(self.symmetry_functions.size(e), self.covariance == "adaptive",
                                  self.prune_tolerance) for e in self.symmetry_functions.elements}
-        last_step = 0
-        for lineno, r in enumerate(content.records, 1):
-            hills = self.hills[r.element]
-            if r.id == len(hills):
-                hills.add(r.centre, r.height, r.metric, r.step)
-            elif r.id < len(hills):
-                hills.replace(r.id, r.centre, r.height, r.metric, r.step)
-            else:
-                raise HillsFileError(f"{path}: hill record {lineno} has id {r.id} but only "
-                                     f"{len(hills)} {r.element} hills precede it")
-            last_step = max(last_step, r.step)
-        self.step_count = last_step + 1 if content.records else 0
+        self.apply_records(content.records, where=os.fspath(path))
+        self.step_count = max(r.step for r in content.records) + 1 if content.records else 0
 
     @classmethod
     def load(cls, path: str | os.PathLike, append: bool = False) -> "GMetaDBias":

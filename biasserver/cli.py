@@ -28,18 +28,28 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
 
 
-def build_server(config, bias_enabled: bool | None = None):
-    """The BiasServer a validated RunConfig describes."""
+def build_server(config, bias_enabled: bool | None = None, walkers=None):
+    """The BiasServer a validated RunConfig describes; ``walkers``: the MPI group of
+    a walkers job (biasserver.walkers), None for a single walker."""
+    from .beads import nbeads_of
     from .config import keep_aside, read_structure
     from .checkpoint import restart_step as restart_step_of
     from .recorder import FrameRecorder
     from .server import BiasServer
+    from .walkers import RunawayGuard, check_addresses, frames_path, for_walker, shared_bias
 
+    rank, size = (0, 1) if walkers is None else (walkers.rank, walkers.size)
+    check_addresses(config, size)
+    server = config.server
+    server.ipi, server.listen = for_walker(server.ipi, rank), for_walker(server.listen, rank)
+    server.ipi_restart = for_walker(server.ipi_restart, rank)
+    config.recorder.path = frames_path(config.recorder.path, rank, size)
     template = read_structure(config.structure, config.path)
     enabled = config.bias.enabled if bias_enabled is None else bias_enabled
     # i-PI's step in the checkpoint it restarts from (a CheckpointError before anything starts)
     restart_step = None if config.server.ipi_restart is None else restart_step_of(config.server.ipi_restart)
-    bias = config.make_bias(enabled)
+    nbeads = None if config.server.ipi_restart is None else nbeads_of(config.server.ipi_restart)
+    bias = config.make_bias(enabled) if walkers is None else shared_bias(config, walkers, enabled)
     proxy = config.server.mode == "proxy"
     recorder = None
     if proxy and config.recorder.path:
@@ -51,7 +61,8 @@ def build_server(config, bias_enabled: bool | None = None):
     return BiasServer(bias, template, config.server.ipi,
                       listen_address=config.server.listen if proxy else None, recorder=recorder,
                       allow_remote=config.server.allow_remote, compute_timeout=config.server.timeout,
-                      restart_step=restart_step)
+                      restart_step=restart_step, nbeads=nbeads, walkers=walkers,
+                      guard=RunawayGuard(config.bias.runaway_energy, config.bias.runaway_force))
 
 
 def cmd_serve(args) -> int:
@@ -62,12 +73,26 @@ def cmd_serve(args) -> int:
     # bytecodes, never inside a frame or hill write, and still closes the files
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     from .config import load
-    config = load(args.config)
-    if args.mode:
-        config.server.mode = args.mode
-    server = build_server(config, bias_enabled=False if args.no_bias else None)
-    steps = server.serve()
-    log.info("served %d steps", steps)
+    from .walkers import WalkerGroup
+    walkers = WalkerGroup.from_environment()   # mpirun -n N gmetad serve: N walkers, one bias
+    if walkers is not None:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(
+                f"%(asctime)s walker {walkers.rank} %(name)s %(levelname)s: %(message)s"))
+    try:
+        config = load(args.config)
+        if args.mode:
+            config.server.mode = args.mode
+        server = build_server(config, bias_enabled=False if args.no_bias else None, walkers=walkers)
+        steps = server.serve()
+    except Exception as err:
+        if walkers is None:
+            raise
+        # one walker's error ends the job: MPI_Abort names this rank
+        log.error("%s: %s; ending all walkers", type(err).__name__, err)
+        logging.shutdown()
+        walkers.abort(1)
+    log.info("served %d force requests", steps)
     return 0
 
 

@@ -94,6 +94,8 @@ class BiasSettings:
     restart: bool = True
     reuse_hills: bool = False
     enabled: bool = True
+    runaway_energy: float | None = None
+    runaway_force: float | None = None
 
 
 @dataclass
@@ -144,6 +146,8 @@ class RunConfig:
     server: ServerSettings
     recorder: RecorderSettings
     run: RunSettings = field(default_factory=RunSettings)
+    #: walkers sharing the bias over MPI (None: not said; see biasserver.walkers)
+    walkers: int | None = None
 
     def symmetry_functions(self) -> SymmetryFunctions:
         """The symmetry functions the ``symmetry`` section describes."""
@@ -311,7 +315,7 @@ def load(path: str | os.PathLike) -> RunConfig:
     """Read and validate a run configuration."""
     path = os.fspath(path)
     raw = read_yaml_mapping(path)
-    top = {"structure", "symmetry", "bias", "server", "recorder", "run"}
+    top = {"structure", "symmetry", "bias", "server", "recorder", "run", "walkers"}
     unknown = sorted(set(raw) - top)
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(top))})")
@@ -350,8 +354,15 @@ def load(path: str | os.PathLike) -> RunConfig:
     bias.hills_file = resolve(bias.hills_file)
     recorder.path = resolve(recorder.path)
     server.ipi_restart = resolve(server.ipi_restart)
+    walkers = raw.get("walkers")
+    if walkers is not None and (isinstance(walkers, bool) or not isinstance(walkers, int) or walkers < 1):
+        raise ConfigError(f"{path}: 'walkers' must be a positive number of walkers, got {walkers!r}")
+    for key in ("runaway_energy", "runaway_force"):
+        if getattr(bias, key) is not None and not getattr(bias, key) > 0:
+            raise ConfigError(f"{path}: 'bias.{key}' must be > 0 (or null), got {getattr(bias, key)!r}")
     if server.ipi_restart is not None:
-        if not os.path.exists(server.ipi_restart):
+        # with {walker} in the name each walker's file is checked when its server starts
+        if "{walker}" not in server.ipi_restart and not os.path.exists(server.ipi_restart):
             raise ConfigError(f"{path}: 'server.ipi_restart': file {server.ipi_restart} not found")
         if not bias.restart:
             raise ConfigError(f"{path}: 'server.ipi_restart' continues a run: it needs 'bias.restart: true'")
@@ -364,7 +375,7 @@ def load(path: str | os.PathLike) -> RunConfig:
         if "elements" not in spec:
             spec["elements"] = sorted(set(atoms.get_chemical_symbols()))
         symmetry = {"default": spec}
-    config = RunConfig(path, structure, symmetry, bias, server, recorder, run)
+    config = RunConfig(path, structure, symmetry, bias, server, recorder, run, walkers)
     try:
         sf = config.symmetry_functions()
         checked = GMetaDBias(sf, **config._bias_kwargs())
@@ -380,4 +391,4 @@ def as_dict(config: RunConfig) -> dict[str, Any]:
     from dataclasses import asdict
     return {"structure": config.structure, "symmetry": config.symmetry, "bias": asdict(config.bias),
             "server": asdict(config.server), "recorder": asdict(config.recorder),
-            "run": asdict(config.run)}
+            "run": asdict(config.run), "walkers": config.walkers}

@@ -23,6 +23,12 @@ checkpoint it restarts from), the server also sets aside the frames and hills of
 that step and later (side files ``frames.after-<step>.extxyz`` and
 ``HILLS.after-<step>``, see :mod:`biasserver.setaside`) and continues there.
 
+Steps and beads. The server counts MD steps as i-PI does (see
+:mod:`biasserver.beads`): with P path-integral beads, P requests make one step;
+every frame records its ``step`` and ``bead``; hills are deposited once per MD
+step, by every bead. Several walkers share one bias over MPI (see
+:mod:`biasserver.walkers`); each frame's ``walker`` is its rank (0 alone).
+
 Data flow: positions from i-PI -> units (protocol) -> C kernels -> bias ->
 forces -> units (protocol) -> i-PI.
 """
@@ -38,10 +44,12 @@ from typing import Optional
 import numpy as np
 from ase import Atoms
 
+from .beads import StepCounter
 from .bias import GMetaDBias
 from .protocol import (ClientRole, Connection, ForceResult, Listener, Positions, ProtocolError,
                        ServerRole, connect, listen)
 from .recorder import FrameRecorder
+from .walkers import RunawayGuard, WalkerGroup, hill_digest
 
 log = logging.getLogger("gmetad.server")
 
@@ -132,15 +140,24 @@ class BiasServer:
     listen_address: the proxy's socket for force clients (None in bias mode);
     recorder: where reference frames go (proxy mode only); restart_step: i-PI's
     step when i-PI restarts from a checkpoint (None: continue after the last
-    recorded frame), see the module docstring.
+    recorded frame), see the module docstring. nbeads: i-PI's beads per MD step
+    (None: learned from step 0, or from the frames on a restart); walkers: the MPI
+    group of a walkers job (None: a single walker); guard: limits above which a
+    walker's hills are held back.
     """
 
     def __init__(self, bias: GMetaDBias | None, template: Atoms, ipi_address: str,
                  listen_address: str | None = None, recorder: FrameRecorder | None = None,
                  allow_remote: bool = False, compute_timeout: Optional[float] = None,
                  connect_timeout: float = 120.0, accept_timeout: Optional[float] = None,
-                 restart_step: int | None = None):
+                 restart_step: int | None = None, nbeads: int | None = None,
+                 walkers: WalkerGroup | None = None, guard: RunawayGuard | None = None):
         self._crash_at = _crash_point()
+        self.walkers = walkers
+        self.walker = 0 if walkers is None else walkers.rank
+        self.guard = guard if guard is not None and guard.active else None
+        #: hill candidates of the current MD step, per bead (deposited when it closes)
+        self._pending: dict[int, list] = {}
         self.bias = bias
         self.template = template
         self.natoms = len(template)
@@ -158,8 +175,12 @@ class BiasServer:
         self.step = bias.step_count if bias is not None else 0
         #: positions of the last recorded frame: i-PI may re-send that step
         self._skip_positions = None
+        if walkers is not None:
+            self._check_walkers_agree(restart_step)
         if restart_step is not None:
             self._restart_at(int(restart_step))
+            if walkers is not None:
+                walkers.sync_after_restart(bias)
         else:
             last_hill = None if bias is None else bias.last_deposition()
             self._skip_positions = self._last_recorded_positions()
@@ -170,6 +191,9 @@ class BiasServer:
                          0 if recorder is None else recorder.n_frames_on_disk, self.step)
         if bias is not None:
             bias.step_count = self.step   # deposition times follow the recorded MD steps
+        if nbeads is None and restart_step is None:
+            nbeads = self._recorded_nbeads()
+        self.steps = StepCounter(self.step, nbeads)
         #: the first step served: the hills of it and later steps are set aside then
         self._first_step = True
 
@@ -183,7 +207,7 @@ class BiasServer:
         if step < 0:
             raise ValueError(f"restart step must be >= 0, got {step}")
         side_frames = None if self.recorder is None else self.recorder.set_aside(step)
-        side_hills = None if self.bias is None else self.bias.set_aside_from(step)
+        side_hills = None if self.bias is None or self.walker != 0 else self.bias.set_aside_from(step)
         self.step = step
         last = None
         if self.recorder is not None and self.recorder.n_frames_on_disk:
@@ -196,6 +220,38 @@ class BiasServer:
                  0 if self.recorder is None else self.recorder.n_frames_on_disk,
                  "-" if last is None else last,
                  ", ".join(p for p in (side_frames, side_hills) if p) or "nothing")
+
+    def _check_walkers_agree(self, restart_step: int | None) -> None:
+        """Every walker restarts from the same i-PI step, and a walkers job continues
+        only from i-PI checkpoints (server.ipi_restart): a clear error otherwise."""
+        on_disk = 0 if self.recorder is None else self.recorder.n_frames_on_disk
+        states = self.walkers.allgather((restart_step, on_disk))
+        if len({s for s, _ in states}) > 1:
+            raise ValueError("the walkers restart from different i-PI steps ("
+                             + ", ".join(f"walker {r}: {s}" for r, (s, _) in enumerate(states))
+                             + "): restart every i-PI from checkpoints of one step")
+        if restart_step is None and any(n for _, n in states):
+            raise ValueError("frames of an earlier run are on disk ("
+                             + ", ".join(f"walker {r}: {n}" for r, (_, n) in enumerate(states) if n)
+                             + "): a walkers job continues from i-PI checkpoints of one step "
+                             "(server.ipi_restart with {walker}, as gmetad run --resume does), or "
+                             "set bias.restart: false to start afresh")
+
+    def _recorded_nbeads(self) -> int | None:
+        """Beads per step of the run whose frames are on disk (None without frames)."""
+        if self.recorder is None or self.recorder.n_frames_on_disk == 0:
+            return None
+        from ase.io import read
+        from .beads import nbeads_of_frames
+        tail = read(self.recorder.path, index=slice(-256, None), format="extxyz")
+        nbeads = nbeads_of_frames(tail)
+        last = int(tail[-1].info.get("step", 0))
+        done = sum(1 for atoms in tail if int(atoms.info.get("step", 0)) == last)
+        if nbeads > 1 and done < nbeads:
+            raise ValueError(f"{self.recorder.path}: step {last} has {done} of its {nbeads} beads' frames; "
+                             "a path-integral run continues from an i-PI checkpoint (server.ipi_restart, "
+                             "as gmetad run --resume does)")
+        return nbeads
 
     def _last_recorded_positions(self) -> np.ndarray | None:
         """Positions of the last recorded frame, to avoid a duplicate after a restart.
@@ -223,14 +279,52 @@ class BiasServer:
             return 0.0, np.zeros((self.natoms, 3)), np.zeros((3, 3))
         return self.bias.energy_forces(atoms)
 
-    def _deposit(self, atoms: Atoms) -> None:
-        """Deposit this step's hills (every ``stride`` steps, not at step 0)."""
+    def _collect(self, atoms: Atoms, bead: int, bias_energy: float, bias_forces: np.ndarray) -> None:
+        """At a deposition step: this bead's hill candidates, unless the runaway
+        guard holds them back (logged)."""
+        if self.bias is None or not self.bias.deposits_at(self.step):
+            return
+        if self.guard is not None:
+            reason = self.guard.reason(bias_energy, bias_forces)
+            if reason is not None:
+                log.warning("walker %d bead %d step %d: hills held back: %s", self.walker, bead,
+                            self.step, reason)
+                self._pending[bead] = []
+                return
+        self._pending[bead] = self.bias.hill_candidates(atoms)
+
+    def _deposit(self) -> None:
+        """Deposit the current MD step's hills (every ``stride`` steps, not at step 0):
+        every bead's candidates in bead order, shared with the other walkers."""
         if self.bias is None:
             return
         if self.bias.deposits_at(self.step):
             self.bias.step_count = self.step
-            self.bias.deposit(atoms)
+            candidates = [group for bead in sorted(self._pending) for group in self._pending[bead]]
+            if self.walkers is None:
+                self.bias.apply_candidates(candidates)
+            else:
+                self.walkers.share(self.bias, self.step, candidates)
+        self._pending = {}
         self.bias.step_count = self.step + 1
+
+    def _begin_request(self, request_id: int) -> int:
+        """Account a request (``request_id``: i-PI's INIT index): close the previous
+        step first when this request begins a new one (see :mod:`biasserver.beads`);
+        returns the request's bead index."""
+        if self.steps.starts_new_step(request_id):
+            self._deposit()
+            self._advance()
+        return self.steps.add(request_id)
+
+    def _end_request(self) -> None:
+        """After a request's frame: the step moves on once all its beads are done."""
+        if self.steps.complete:
+            self._advance()
+
+    def _advance(self) -> None:
+        self.steps.advance()
+        self.step = self.steps.step
 
     def _redo_from_here(self) -> None:
         """On the first step served: hills deposited at this step or later (by a
@@ -264,25 +358,37 @@ class BiasServer:
         return json.dumps(extras)
 
     def serve(self) -> int:
-        """Connect to i-PI and serve until it sends EXIT or closes; returns the steps served."""
+        """Connect to i-PI and serve until it sends EXIT or closes; returns the force
+        requests served (MD steps times beads)."""
         conn = connect(self.ipi_address, timeout=self.connect_timeout, io_timeout=None)
-        log.info("connected to i-PI at %s (%s mode%s)", self.ipi_address, self.mode,
-                 "" if self.bias is not None else ", bias off")
-        ipi = ClientRole(conn, natoms=self.natoms)
+        log.info("connected to i-PI at %s (%s mode%s%s)", self.ipi_address, self.mode,
+                 "" if self.bias is not None else ", bias off",
+                 "" if self.walkers is None else f", walker {self.walker} of {self.walkers.size}, pid {os.getpid()}")
+        # an INIT before every request: it carries the bead index (see biasserver.beads)
+        ipi = ClientRole(conn, natoms=self.natoms, reinit_each_step=True)
         served = 0
         executor = ThreadPoolExecutor(max_workers=1) if self.pool is not None else None
         try:
             while True:
                 positions = ipi.wait_positions(timeout=None)
                 if positions is None:
-                    log.info("i-PI ended the run after %d steps", served)
+                    log.info("i-PI ended the run after %d force requests (step %d)", served, self.step)
                     break
                 result = self._proxy_step(positions, ipi, executor) if self.pool is not None \
-                    else self._bias_step(positions)
+                    else self._bias_step(positions, ipi.init_bead or 0)
                 if not ipi.send_forces(result):
                     break
                 served += 1
-                self.step += 1
+            if self.steps.seen and self.steps.nbeads is None:
+                self._deposit()   # a run of one step: close it as i-PI did
+                self._advance()
+            if self.walkers is not None:
+                self.walkers.finish(self.bias)
+            if self.bias is not None:
+                log.info("walker %d: %d hills, digest %s%s", self.walker, self.bias.n_hills,
+                         hill_digest(self.bias), "" if self.walkers is None else
+                         f"; {self.walkers.exchanges} exchanges, {self.walkers.exchange_seconds:.3f} s "
+                         f"exchanging, {self.walkers.wait_seconds:.3f} s waiting for other walkers")
         finally:
             conn.close()
             if executor is not None:
@@ -290,21 +396,30 @@ class BiasServer:
             self.close()
         return served
 
-    def _bias_step(self, positions: Positions) -> ForceResult:
-        energy, forces, virial = self.bias.step(self._atoms(positions))
+    def _bias_step(self, positions: Positions, request_id: int) -> ForceResult:
+        bead = self._begin_request(request_id)
+        atoms = self._atoms(positions)
+        energy, forces, virial = self.bias.energy_forces(atoms)
+        self._collect(atoms, bead, energy, forces)
+        if self.steps.complete:
+            self._deposit()
+        self._end_request()
         return ForceResult(energy, forces, virial, extras=self._extras(energy))
 
     def _proxy_step(self, positions: Positions, ipi: ClientRole, executor) -> ForceResult:
         atoms = self._atoms(positions)
+        request_id = ipi.init_bead or 0
         repeat = self._skip_positions is not None and np.allclose(self._skip_positions, positions.positions,
                                                                   rtol=0, atol=1e-6)
         self._skip_positions = None
         if repeat:   # i-PI re-sent the step whose frame was recorded before the restart
             self.step -= 1
+            self.steps.step = self.step
             log.info("step %d repeats the last recorded frame (restart): not recorded twice", self.step)
+        bead = self._begin_request(request_id)
         if self._first_step:
             self._redo_from_here()
-        reference_args = (positions, self.step, ipi.init_bead or 0, ipi.init_string or "")
+        reference_args = (positions, self.step, bead, ipi.init_string or "")
         if self.bias is None or not (self.bias.walls or self.bias.acting()):
             # nothing to overlap with: no thread hand-off on the relay's critical path
             bias_energy, bias_forces, bias_virial = self._bias_terms(atoms)
@@ -317,15 +432,17 @@ class BiasServer:
                 reference = pending.result()
         # hills only once the reference is in: a server killed while it waits for
         # the reference restarts without this step's hills and redoes it exactly
-        self._deposit(atoms)
+        self._collect(atoms, bead, bias_energy, bias_forces)
+        if self.steps.complete:
+            self._deposit()
         self._crash_if_asked("after-hill")
         if self.recorder is not None and not repeat:
             virial = reference.virial if np.any(reference.virial) else None
             self.recorder.record(positions.positions, positions.cell, reference.energy, reference.forces,
-                                 virial, bias_energy=bias_energy, step=self.step,
-                                 walker=ipi.init_bead or 0,
-                                 n_hills=0 if self.bias is None else self.bias.n_hills)
+                                 virial, bias_energy=bias_energy, step=self.step, walker=self.walker,
+                                 bead=bead, n_hills=0 if self.bias is None else self.bias.n_hills)
         self._crash_if_asked("after-frame")
+        self._end_request()
         return ForceResult(reference.energy + bias_energy, reference.forces + bias_forces,
                            reference.virial + bias_virial,
                            extras=self._extras(bias_energy, reference.energy, reference.extras))

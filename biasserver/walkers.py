@@ -1,0 +1,279 @@
+"""Several walkers filling one bias over MPI: ``mpirun -n N gmetad serve walkers.yaml``.
+
+Rank r of the MPI job is the bias server of walker r: its own i-PI, its own
+force client (proxy mode), its own frames file. ``{walker}`` in the YAML's
+addresses and paths (``server.ipi``, ``server.listen``, ``server.ipi_restart``,
+``recorder.path``) becomes r; a frames path without it gets ``.walker-<r>``
+before its extension, so that every walker writes its own file
+(``gmetad select`` takes them all). Frames carry ``walker`` = r.
+
+**The exchange: lockstep at every deposition step** (PLUMED's WALKERS_MPI
+choice). Between depositions walkers run freely; at a deposition step s each
+walker evaluates its bias (the hills of steps < s), gets its reference result and
+computes its own hill candidates (centres G_i and metrics from its own
+Jacobian: the expensive half of a deposition, done in parallel). Then, in one
+collective exchange, rank 0 gathers every walker's candidates and applies them to
+the shared bias in rank order (walker 0's hills, then walker 1's, ...; within a
+walker in bead order, then element order): heights (well-tempered: from the bias
+each hill meets when it is applied, i.e. after the earlier walkers' hills of the
+same step), merges and the hills file are those of a single walker depositing
+them one after another. Rank 0 alone writes the hills file, so it holds every
+hill once, in the order in which it took effect. Rank 0 then broadcasts the
+records it wrote and the other ranks replay them exactly as a restart replays a
+hills file (:meth:`GMetaDBias.apply_records`): every rank holds the same hills,
+bit for bit, and a restart from the hills file reproduces them bit for bit. The
+hills of step s act from step s + 1 on, on every walker.
+
+Simple and deterministic, at a price: a slow walker holds the others at each
+deposition step. Waiting walkers sleep (a non-blocking barrier polled with a
+back-off of at most 2 ms), they do not spin, so on a shared node they leave the
+cores to the walkers still computing.
+
+**Faults.** A walker whose force client dies waits for the next client as a
+single server does; the others wait at the next deposition step and nothing is
+lost. An exception in a rank ends the whole job with ``MPI_Abort`` (the message
+names the rank); a rank killed outright is reported by ``mpirun`` ("process rank
+r ... exited on signal 9"). A walkers job restarts from i-PI checkpoints taken
+at one step S by every walker (``server.ipi_restart``; ``gmetad run --resume``
+picks the newest step all walkers have): each rank sets aside its frames of
+steps >= S, rank 0 the hill records of steps >= S, and the other ranks reload
+the hills file. A walker whose i-PI finishes keeps taking part in the exchanges
+(with no hills) until every walker has finished.
+
+**Runaway walkers.** ``bias.runaway_energy`` (eV) and ``bias.runaway_force``
+(eV/A): a walker (or bead) whose bias energy, or largest bias force on one atom,
+exceeds the limit at a deposition step deposits no hills at that step; the
+server logs the walker, bead, step and value. The others' hills are unaffected.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .bias import GMetaDBias, HillCandidates
+
+log = logging.getLogger("gmetad.walkers")
+
+#: environment variables that MPI launchers set in every rank (Open MPI's mpirun,
+#: MPICH/Intel hydra and PMI-2 srun, PMIx launchers); without one of them the
+#: server does not load MPI at all
+LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
+#: longest sleep between two polls of a waiting walker, s
+MAX_POLL_SECONDS = 2e-3
+#: the placeholder for the walker index in addresses and paths
+PLACEHOLDER = "{walker}"
+
+
+def under_mpi_launcher() -> bool:
+    """Whether this process was started by an MPI launcher (mpirun, mpiexec, srun)."""
+    return any(name in os.environ for name in LAUNCHER_VARIABLES)
+
+
+class WalkerError(RuntimeError):
+    """The walkers of one job disagree (steps, restart points); the message says how."""
+
+
+class WalkerGroup:
+    """The MPI communicator of a walkers job and the lockstep hill exchange.
+
+    comm: an mpi4py communicator (COMM_WORLD); hills_path: the shared hills file
+    (written by rank 0, read by the others when a restart sets records aside).
+    """
+
+    def __init__(self, comm, hills_path: str | None = None):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.hills_path = hills_path
+        #: exchanges done and the wall time they took, s (waiting for others excluded)
+        self.exchanges = 0
+        self.exchange_seconds = 0.0
+        self.wait_seconds = 0.0
+
+    @classmethod
+    def from_environment(cls) -> "WalkerGroup | None":
+        """The group of this MPI job, or None when not started by an MPI launcher or
+        started as a single process (then the server runs as without MPI)."""
+        if not under_mpi_launcher():
+            return None
+        from mpi4py import MPI
+        comm = MPI.COMM_WORLD
+        if comm.Get_size() == 1:
+            return None
+        # ASE turns its file I/O into master-reads-and-broadcasts (and writes on rank 0
+        # only) once mpi4py is loaded; every walker reads and writes its own files
+        import ase.parallel
+        ase.parallel.world.comm = ase.parallel.DummyMPI()
+        return cls(comm)
+
+    # -- collectives that sleep while waiting ---------------------------------
+    def wait_for_all(self) -> None:
+        """Return when every rank has called this (a barrier that sleeps, not spins)."""
+        start = time.perf_counter()
+        request = self.comm.Ibarrier()
+        delay = 2e-5
+        while not request.Test():
+            time.sleep(delay)
+            delay = min(2 * delay, MAX_POLL_SECONDS)
+        self.wait_seconds += time.perf_counter() - start
+
+    def allgather(self, value):
+        """Every rank's ``value``, in rank order (after a sleeping barrier)."""
+        self.wait_for_all()
+        return self.comm.allgather(value)
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job (MPI_Abort; mpirun names this rank)."""
+        self.comm.Abort(code)
+
+    # -- the hill exchange -----------------------------------------------------
+    def share(self, bias: GMetaDBias, step: int, candidates: Sequence[HillCandidates],
+              done: bool = False) -> bool:
+        """One lockstep exchange (see the module docstring): this walker's hill
+        candidates of MD step ``step`` go to rank 0, which applies every walker's in
+        rank order and writes them; every rank then holds the same hills. ``done``:
+        this walker's i-PI has ended (it contributes nothing). Returns whether every
+        walker has ended."""
+        self.wait_for_all()
+        start = time.perf_counter()
+        gathered = self.comm.gather((step, list(candidates), done), root=0)
+        payload = None
+        if self.rank == 0:
+            payload = self._apply_gathered(bias, gathered)
+        records, all_done, error = self.comm.bcast(payload, root=0)
+        if error:
+            raise WalkerError(error)
+        if self.rank != 0:
+            bias.apply_records(records, where=f"hill records of step {step} from walker 0")
+        self.exchanges += 1
+        self.exchange_seconds += time.perf_counter() - start
+        return all_done
+
+    @staticmethod
+    def _apply_gathered(bias: GMetaDBias, gathered) -> tuple[list, bool, str | None]:
+        active = [(rank, s, c) for rank, (s, c, d) in enumerate(gathered) if not d]
+        all_done = not active
+        steps = sorted({s for _, s, _ in active})
+        if len(steps) > 1:
+            where = ", ".join(f"walker {rank} at step {s}" for rank, s, _ in active)
+            return [], all_done, (f"walkers meet at different deposition steps ({where}): every walker "
+                                  "must run the same stride from the same step")
+        records = []
+        if active:
+            bias.step_count = steps[0]
+            for rank, _, groups in active:
+                _, written = bias.apply_candidates(groups)
+                records.extend(written)
+            bias.step_count = steps[0] + 1
+        return records, all_done, None
+
+    def finish(self, bias: GMetaDBias | None) -> None:
+        """After this walker's i-PI has ended: take part in the exchanges of the
+        walkers still running, with no hills, until all have ended."""
+        if bias is None:
+            return
+        while not self.share(bias, -1, [], done=True):
+            pass
+
+    def sync_after_restart(self, bias: GMetaDBias | None) -> None:
+        """After rank 0 has set hill records aside (a restart): the other ranks
+        reload the shared hills file, so every rank holds the same hills."""
+        self.wait_for_all()
+        if bias is not None and self.rank != 0 and self.hills_path and os.path.exists(self.hills_path):
+            bias.load_hills(self.hills_path)
+
+
+def hill_digest(bias: GMetaDBias) -> str:
+    """SHA-256 (first 16 hex digits) of every hill's element, step, height, centre
+    and metric bits: equal digests mean bit-identical hill sets."""
+    digest = hashlib.sha256()
+    for element, hills in bias.hills.items():
+        digest.update(element.encode())
+        for array in (hills.steps, hills.heights, hills.centres, hills.metrics):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class RunawayGuard:
+    """Limits above which a walker's hills are held back (see the module docstring):
+    energy in eV on the bias energy, force in eV/A on the largest bias force on an
+    atom; None: no limit."""
+
+    energy: float | None = None
+    force: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.energy is not None or self.force is not None
+
+    def reason(self, energy: float, forces: np.ndarray) -> str | None:
+        """Why hills at this bias energy (eV) and these bias forces (N, 3) eV/A are
+        held back, or None when they are not."""
+        if self.energy is not None and energy > self.energy:
+            return f"bias energy {energy:.6g} eV > runaway_energy {self.energy:g} eV"
+        if self.force is not None and len(forces):
+            largest = float(np.sqrt((np.asarray(forces) ** 2).sum(axis=1)).max())
+            if largest > self.force:
+                return f"largest bias force {largest:.6g} eV/A > runaway_force {self.force:g} eV/A"
+        return None
+
+
+def for_walker(text: str | None, walker: int) -> str | None:
+    """An address or path of the YAML with ``{walker}`` replaced by the index."""
+    return None if text is None else text.replace(PLACEHOLDER, str(walker))
+
+
+def frames_path(path: str | None, walker: int, walkers: int) -> str | None:
+    """Walker ``walker``'s frames file: ``{walker}`` replaced, or with several walkers
+    and no placeholder ``.walker-<r>`` inserted before the extension."""
+    if path is None:
+        return None
+    if PLACEHOLDER in path or walkers == 1:
+        return for_walker(path, walker)
+    root, ext = os.path.splitext(path)
+    return f"{root}.walker-{walker}{ext}"
+
+
+def check_addresses(config, walkers: int) -> None:
+    """Several walkers need an i-PI socket and a listening socket each: a clear
+    error naming the key when an address lacks ``{walker}``."""
+    from .config import ConfigError
+    keys = [("server.ipi", config.server.ipi)]
+    if config.server.mode == "proxy":
+        keys.append(("server.listen", config.server.listen))
+    if config.server.ipi_restart is not None:
+        keys.append(("server.ipi_restart", config.server.ipi_restart))
+    for key, value in keys:
+        if walkers > 1 and PLACEHOLDER not in value:
+            raise ConfigError(f"{config.path}: '{key}' is {value!r} for all {walkers} walkers: "
+                              f"put {PLACEHOLDER} in it so that each walker has its own")
+    if config.walkers is not None and config.walkers != walkers:
+        raise ConfigError(f"{config.path}: 'walkers' is {config.walkers}, but the MPI job has {walkers} "
+                          f"ranks: start it with mpirun -n {config.walkers}")
+
+
+def shared_bias(config, group: WalkerGroup, enabled: bool) -> GMetaDBias:
+    """The bias of one rank: rank 0 builds it as a single server does (loads the
+    hills file, keeps an old one aside when not restarting, records new hills);
+    then the other ranks load what rank 0 left, without writing."""
+    group.hills_path = config.bias.hills_file if enabled else None
+    bias = config.make_bias(enabled) if group.rank == 0 else None
+    group.wait_for_all()
+    if group.rank != 0:
+        from .config import read_structure, system_of
+        kwargs = config._bias_kwargs()
+        if not enabled:
+            kwargs["species"] = {}
+        bias = GMetaDBias(config.symmetry_functions(), **kwargs)
+        bias.system = system_of(read_structure(config.structure, config.path))
+        path = group.hills_path
+        if path and os.path.exists(path) and os.path.getsize(path) > 0:
+            bias.load_hills(path)
+    return bias

@@ -1,0 +1,255 @@
+"""Several walkers sharing one bias: real i-PI, real ``mpirun``, EMT drivers.
+
+Each walker is the Pt(111) 2x2x3 + H slab of test_server.py (only H biased,
+hills of 0.05 eV every 3 steps, 4.5 A cutoff) in its own folder ``w<r>``, its
+i-PI seeded differently (thermal velocities at 300 K), so the walkers diverge:
+
+    i-PI r  <-  rank r of  mpirun -n N gmetad serve gmetad.yaml  <-  gmetad driver emt
+
+Open MPI runs as root and oversubscribed through its environment switches
+(biasserver.mpilaunch). Every process is stopped in ``finally``; every wait has a
+deadline.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+from ase.io import read, write
+
+from biasserver import hillsfile
+from biasserver.bias import GMetaDBias
+from biasserver.mpilaunch import mpi_command, mpi_environment
+from biasserver.symmetry import SymmetryFunctions
+
+from ipi_helpers import start_ipi, unique_socket_name, write_ipi_input
+from test_server import (CUTOFF, DEADLINE, HEIGHT, SLEEPY_MODULE, STEPS, STRIDE, WIDTH, Processes,
+                         finish, kill_group, pt_h_slab, wait_for)
+
+pytestmark = pytest.mark.skipif(not any(os.access(os.path.join(p, "mpirun"), os.X_OK)
+                                        for p in os.environ.get("PATH", "").split(os.pathsep)),
+                                reason="needs Open MPI's mpirun (scripts/setup.sh installs it)")
+
+
+def write_walkers(workdir: Path, walkers: int, ipi_base: str, ref_base: str, extra_bias: str = "",
+                  seeds=None) -> list[Path]:
+    """i-PI inputs w<r>/input.xml (seed 1000 + r) and gmetad.yaml with {walker}
+    addresses and frames paths; returns the i-PI inputs."""
+    inputs = []
+    for r in range(walkers):
+        folder = workdir / f"w{r}"
+        seed = (seeds or {}).get(r, 1000 + r)
+        xml, frame = write_ipi_input(folder, pt_h_slab(), f"{ipi_base}-{r}", steps=STEPS, seed=seed,
+                                     consolidate_messages=False, total_time_s=3 * DEADLINE)
+        inputs.append(xml)
+    frame.info.clear()
+    write(workdir / "template.xyz", frame, format="extxyz")
+    (workdir / "gmetad.yaml").write_text(f"""structure: template.xyz
+symmetry:
+  default: {{elements: [Pt, H], cutoff: {CUTOFF}}}
+bias:
+  height: {HEIGHT}
+  width: {WIDTH}
+  stride: {STRIDE}
+  species: {{H: 1.0, Pt: 0.0}}
+  hills_file: HILLS
+  restart: false
+{extra_bias}server:
+  mode: proxy
+  ipi: unix:{ipi_base}-{{walker}}
+  listen: unix:{ref_base}-{{walker}}
+  timeout: {DEADLINE}
+recorder:
+  path: w{{walker}}/frames.extxyz
+  fsync: false
+walkers: {walkers}
+""")
+    return inputs
+
+
+class WalkerJob(Processes):
+    """A test's processes, plus the MPI job of the servers."""
+
+    def mpi_serve(self, walkers: int, log: str = "server.log") -> subprocess.Popen:
+        with open(self.workdir / log, "wb") as handle:
+            proc = subprocess.Popen(mpi_command(walkers, [sys.executable, "-m", "biasserver.cli", "serve",
+                                                          "gmetad.yaml"]),
+                                    cwd=self.workdir, stdout=handle, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=mpi_environment(self.env),
+                                    start_new_session=True)
+        proc.log_path = self.workdir / log
+        self.procs.append(proc)
+        return proc
+
+    def ipi(self, xml: Path, name: str) -> subprocess.Popen:
+        """i-PI in the folder of its input (its outputs stay per walker)."""
+        proc = start_ipi(xml, name, cwd=xml.parent, timeout=DEADLINE)
+        self.procs.append(proc)
+        return proc
+
+    def walker_driver(self, r: int, ref_base: str, calculator: str = "emt", kwargs=None, log=None):
+        return self.driver(f"unix:{ref_base}-{r}", log or f"w{r}/driver.log", calculator, kwargs)
+
+
+def run_walkers(workdir: Path, walkers: int, extra_bias: str = "") -> Path:
+    """An uninterrupted walkers run to the end."""
+    ipi_base, ref_base = unique_socket_name("wk"), unique_socket_name("wkref")
+    inputs = write_walkers(workdir, walkers, ipi_base, ref_base, extra_bias)
+    job = WalkerJob(workdir)
+    job.sockets = [f"{b}-{r}" for b in (ipi_base, ref_base) for r in range(walkers)]
+    try:
+        ipis = [job.ipi(xml, f"{ipi_base}-{r}") for r, xml in enumerate(inputs)]
+        server = job.mpi_serve(walkers)
+        drivers = [job.walker_driver(r, ref_base) for r in range(walkers)]
+        for ipi in ipis:
+            finish(job, ipi, ())
+        finish(job, ipis[0], [server] + drivers)
+    finally:
+        job.stop_all()
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def two_walkers(tmp_path_factory):
+    return run_walkers(tmp_path_factory.mktemp("walkers2"), 2)
+
+
+def walker_frames(workdir: Path, r: int):
+    return read(workdir / f"w{r}" / "frames.extxyz", ":")
+
+
+def digests(log: str) -> dict[int, str]:
+    """walker -> hill-set digest from the servers' final log lines."""
+    out = {}
+    for line in log.splitlines():
+        if " hills, digest " in line:
+            walker = int(line.split(" walker ")[1].split()[0])
+            out[walker] = line.split("digest ")[1].split(";")[0].strip()
+    return out
+
+
+def check_shared_bias(workdir: Path, walkers: int) -> None:
+    """The properties every walkers run must have (see the issue's test list)."""
+    from biasserver.walkers import hill_digest
+    log = (workdir / "server.log").read_text()
+    records = hillsfile.read(workdir / "HILLS").records
+    deposition_steps = list(range(STRIDE, STEPS + 1, STRIDE))
+    # every rank's hill set is identical, and identical to the hills file's
+    loaded = GMetaDBias.load(workdir / "HILLS")
+    assert digests(log) == {r: hill_digest(loaded) for r in range(walkers)}, log[-3000:]
+    # each hill once: one H hill per walker per deposition step, in walker order
+    assert [r.step for r in records] == [s for s in deposition_steps for _ in range(walkers)]
+    assert [r.id for r in records] == list(range(len(records)))
+    sf = SymmetryFunctions.default(["Pt", "H"], CUTOFF)
+    header = [ln for ln in (workdir / "HILLS").read_text().splitlines() if ln.startswith("#!")]
+    lines = [ln for ln in (workdir / "HILLS").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    for r in range(walkers):
+        frames = walker_frames(workdir, r)
+        # no gaps, no duplicates
+        assert [a.info["step"] for a in frames] == list(range(STEPS + 1))
+        assert all(a.info["walker"] == r and a.info["bead"] == 0 for a in frames)
+        for a in frames:
+            # labels are the reference calculator's on the recorded positions
+            ref = a.copy()
+            ref.calc = EMT()
+            e, f = ref.get_potential_energy(), ref.get_forces()
+            assert abs(a.get_potential_energy() - e) <= max(1e-8 * abs(e), 0.5e-8 * np.abs(f).sum())
+            np.testing.assert_allclose(a.get_forces(), f, rtol=0, atol=5e-7)
+            step = a.info["step"]
+            # the bias felt at step s: every walker's hills of steps < s
+            assert a.info["n_hills"] == walkers * len([s for s in deposition_steps if s <= step])
+            felt = len([rec for rec in records if rec.step < step])
+            if felt:
+                partial = workdir / f"HILLS_{r}_{step}"
+                partial.write_text("\n".join(header + lines[:felt]) + "\n")
+                expected = GMetaDBias.load(partial).energy_forces(a)[0]
+                assert a.info["bias_energy"] == pytest.approx(expected, abs=1e-8)
+            else:
+                assert a.info["bias_energy"] == 0.0
+            # walker r's hill of this step is centred on its own H environment
+            if step in deposition_steps:
+                mine = [rec for rec in records if rec.step == step][r]
+                g = sf.values(a)["H"][0]
+                np.testing.assert_allclose(mine.centre, g, rtol=0, atol=1e-6)
+    # the walkers did diverge: their hills differ
+    first = [rec for rec in records if rec.step == STRIDE]
+    assert np.abs(first[0].centre - first[1].centre).max() > 1e-4
+
+
+def test_two_walkers_share_one_bias(two_walkers):
+    check_shared_bias(two_walkers, 2)
+    log = (two_walkers / "server.log").read_text()
+    assert "walker 0 of 2" in log and "walker 1 of 2" in log
+
+
+def test_three_walkers_share_one_bias(tmp_path):
+    check_shared_bias(run_walkers(tmp_path, 3), 3)
+
+
+def test_force_client_of_one_walker_killed_mid_step(two_walkers, tmp_path):
+    """Walker 1's driver stalls at its 5th evaluation and is SIGKILLed; a new one
+    takes the step. Walker 0 waits at the next deposition and nothing differs from
+    the uninterrupted run."""
+    kill_at = 5
+    (tmp_path / "sleepy.py").write_text(SLEEPY_MODULE)
+    ipi_base, ref_base = unique_socket_name("wkc"), unique_socket_name("wkcref")
+    inputs = write_walkers(tmp_path, 2, ipi_base, ref_base)
+    marker = tmp_path / "asleep"
+    job = WalkerJob(tmp_path)
+    job.sockets = [f"{b}-{r}" for b in (ipi_base, ref_base) for r in range(2)]
+    try:
+        ipis = [job.ipi(xml, f"{ipi_base}-{r}") for r, xml in enumerate(inputs)]
+        server = job.mpi_serve(2)
+        d0 = job.walker_driver(0, ref_base)
+        doomed = job.walker_driver(1, ref_base, "sleepy:SleepyEMT", {"sleep_at": kill_at, "marker": str(marker)},
+                                   log="w1/driver1.log")
+        wait_for(marker.exists, DEADLINE, "walker 1's driver to stall", job)
+        kill_group(doomed)
+        d1 = job.walker_driver(1, ref_base, log="w1/driver2.log")
+        for ipi in ipis:
+            finish(job, ipi, ())
+        finish(job, ipis[0], [server, d0, d1])
+    finally:
+        job.stop_all()
+    log = (tmp_path / "server.log").read_text()
+    dropped = [ln for ln in log.splitlines() if "dropping force client" in ln]
+    assert len(dropped) == 1 and " walker 1 " in dropped[0] and f"at step {kill_at}" in dropped[0], log
+    check_shared_bias(tmp_path, 2)
+    same = hillsfile.read(two_walkers / "HILLS").records
+    for a, b in zip(hillsfile.read(tmp_path / "HILLS").records, same, strict=True):
+        assert a.step == b.step and a.height == b.height
+        np.testing.assert_allclose(a.centre, b.centre, rtol=0, atol=1e-9)
+    for r in range(2):
+        for a, b in zip(walker_frames(tmp_path, r), walker_frames(two_walkers, r), strict=True):
+            np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=1e-8)
+            assert a.info["bias_energy"] == pytest.approx(b.info["bias_energy"], rel=1e-9, abs=1e-12)
+
+
+def test_a_dead_rank_ends_the_job_with_mpis_message(tmp_path):
+    """SIGKILL of one rank: mpirun ends the job and names the rank."""
+    ipi_base, ref_base = unique_socket_name("wkd"), unique_socket_name("wkdref")
+    inputs = write_walkers(tmp_path, 2, ipi_base, ref_base)
+    job = WalkerJob(tmp_path)
+    job.sockets = [f"{b}-{r}" for b in (ipi_base, ref_base) for r in range(2)]
+    try:
+        for r, xml in enumerate(inputs):
+            job.ipi(xml, f"{ipi_base}-{r}")
+        server = job.mpi_serve(2)
+        log = tmp_path / "server.log"
+        wait_for(lambda: "walker 1 of 2" in log.read_text(), DEADLINE, "rank 1 to connect", job)
+        pid = int(next(ln for ln in log.read_text().splitlines() if "walker 1 " in ln and "pid " in ln)
+                  .split("pid ")[1].split()[0].rstrip(")"))
+        os.kill(pid, signal.SIGKILL)
+        code = server.wait(timeout=DEADLINE)
+    finally:
+        job.stop_all()
+    assert code != 0
+    text = log.read_text()
+    assert "rank 1" in text and "signal 9" in text, text[-2000:]
