@@ -4,13 +4,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
-from ase.build import add_adsorbate, fcc111
 from ase.io import read
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "examples", "pt111-h"))
-from sites import classify  # noqa: E402
 
 
 def gmetad(*args, timeout=240, cwd=None, env=None):
@@ -23,17 +19,6 @@ def without_environment_on_path() -> dict:
     """The environment of ``venv/bin/gmetad`` started without activating the venv:
     PATH holds only the system's folders, not this interpreter's."""
     return dict(os.environ, PATH="/usr/bin:/bin")
-
-
-@pytest.mark.parametrize("site,height,expected", [
-    ("fcc", 1.0, "fcc"), ("hcp", 1.0, "hcp"), ("ontop", 1.6, "top"), ("bridge", 1.2, "bridge"),
-    ("fcc", -1.2, "subsurface"),
-])
-def test_site_classification(site, height, expected):
-    slab = fcc111("Pt", (3, 3, 4), a=3.92, vacuum=8.0)
-    add_adsorbate(slab, "H", height, site)
-    slab.rattle(0.02, seed=1)
-    assert classify(slab, len(slab) - 1) == expected
 
 
 def test_run_pt111_h_both_variants_and_analysis(tmp_path):

@@ -14,8 +14,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 from ase.io import read
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sites import SITES, site_series  # noqa: E402
+from studies.adsorption_sites import SITES, site_series
 
 LABELS = {"gmetad": "G-metaD", "plain": "plain MD"}
 
