@@ -48,7 +48,9 @@ def kernel_ratios(sets, queries, repeats: int, threads_context, dgemm: float) ->
     rows = []
     for label, hills in sets:
         args = hills._kernel_arguments()
-        old = lambda: reference_kernel.gaussian_sum(queries, **args)          # noqa: E731
+        # the old kernel's block layout, converted once (not part of its time)
+        old_blocks = None if args["blocks"] is None else reference_kernel.contiguous_blocks(args["blocks"])
+        old = lambda: reference_kernel.gaussian_sum(queries, **args, old_blocks=old_blocks)  # noqa: E731
         new = lambda: kernels.gaussian_sum(queries, **args)                   # noqa: E731
         times = {"old": []} | {p: [] for p in paths}
         results = {}

@@ -68,9 +68,11 @@ def contiguous_blocks(blocks):
 
 
 def gaussian_sum(query, centres, heights, inv_cov=None, inv_var=None, min_eig=None, blocks=None,
-                 q_cut=0.0, gradient=True):
+                 q_cut=0.0, gradient=True, old_blocks=None):
     """V, dV/dg and the number of pairs evaluated, with the old kernel (arguments as
-    biasserver.kernels.gaussian_sum; blocks in the current kernel's form)."""
+    biasserver.kernels.gaussian_sum; blocks in the current kernel's form, or
+    old_blocks: :func:`contiguous_blocks` of them, converted beforehand so that a
+    timing measures the kernel alone)."""
     ffi, lib = load()
     f64 = lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
     ptr = lambda t, a: ffi.NULL if a is None else ffi.cast(t, ffi.from_buffer(a))     # noqa: E731
@@ -80,10 +82,12 @@ def gaussian_sum(query, centres, heights, inv_cov=None, inv_var=None, min_eig=No
     energy = np.zeros(n_query)
     grad = np.zeros((n_query, dim)) if gradient else None
     evaluated = ffi.new("long *")
-    if blocks is None:
+    if old_blocks is None and blocks is not None:
+        old_blocks = contiguous_blocks(blocks)
+    if old_blocks is None:
         n_blocks, order, start, bc, br, bm = 0, None, None, None, None, None
     else:
-        order, start, bc, br, bm = contiguous_blocks(blocks)
+        order, start, bc, br, bm = old_blocks
         n_blocks = len(start) - 1
     code = lib.gm_gaussian_sum(n_query, dim, ptr("double *", query), len(heights),
                                ptr("double *", centres), ptr("double *", heights),
