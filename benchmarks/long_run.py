@@ -10,11 +10,13 @@ functions). One process per run:
     python benchmarks/long_run.py run exact      --steps 50000 --out benchmarks/.cache/long
     python benchmarks/long_run.py run compressed --compression 0.3 ...
     python benchmarks/long_run.py run capped     --max-hills 1000 ...
+    python benchmarks/long_run.py run capped     --max-hills 1000 --compression 0.3 --name combined ...
     python benchmarks/long_run.py run reference  --steps 2000 ...   # plain MD (no bias)
 
 Every --window steps it appends to <out>/<name>.npz: the bias's wall time per step
 (GMetaDBias.step: symmetry functions, hills, forces, deposition; wall and CPU time of
-the thread), the whole step's,
+the thread; the shadow HillSet's bookkeeping below is excluded), the engine's (the
+Stillinger-Weber calculator's CPU time), the whole step's,
 the number of hills and, for approximate runs, the bias energy of the hills against
 the exact sum over every hill deposited so far (a shadow HillSet that never merges)
 at that step's structure. The hills file is <out>/<name>.hills. Frames are kept every --frame-every steps for the coverage
@@ -63,41 +65,62 @@ def run(args) -> None:
     atoms = bulk("Si", "diamond", 5.431, cubic=True).repeat(2)
     rng = np.random.default_rng(args.seed)
     sf = SymmetryFunctions.default(["Si"])
+    os.makedirs(args.out, exist_ok=True)
+    hills_path = os.path.join(args.out, f"{args.name or args.variant}.hills")
+    if os.path.exists(hills_path):
+        os.remove(hills_path)    # a fresh run: its hills file starts empty
     bias = shadow = None
+    bias_times: list[float] = []
+    bias_cpu: list[float] = []
+    engine_cpu: list[float] = []
     if args.variant != "reference":
         bias = GMetaDBias(sf, height=HEIGHT, width=WIDTH, stride=STRIDE, species={"Si": 1.0},
-                          compression=args.compression if args.variant == "compressed" else None,
+                          compression=args.compression if args.variant in ("compressed", "capped") else None,
                           max_hills=args.max_hills if args.variant == "capped" else None,
-                          hills_file=os.path.join(args.out, f"{args.name or args.variant}.hills"))
+                          hills_file=hills_path)
         if args.variant != "exact":
             shadow = HillSet(sf.size("Si"), adaptive=True)
             hills = bias.hills["Si"]
             plain_add, plain_merge = hills.add, hills.merge_into
 
-            def add(centre, height, metric, step):
+            def shadow_add(centre, height, metric, step):
+                # not part of the bias's cost: its time is subtracted in step()
+                t, c = time.perf_counter(), time.thread_time()
                 shadow.add(centre, height, metric, step)
+                shadow_time[0] += time.perf_counter() - t
+                shadow_time[1] += time.thread_time() - c
+
+            def add(centre, height, metric, step):
+                shadow_add(centre, height, metric, step)
                 return plain_add(centre, height, metric, step)
 
             def merge_into(index, centre, height, metric, step):
-                shadow.add(centre, height, metric, step)
+                shadow_add(centre, height, metric, step)
                 return plain_merge(index, centre, height, metric, step)
 
             hills.add, hills.merge_into = add, merge_into
         timed_step = bias.step
-        bias_times: list[float] = []
-        bias_cpu: list[float] = []
+        shadow_time = [0.0, 0.0]     # wall, CPU (s) of the shadow's adds in this step
 
         def step(a):
+            shadow_time[0] = shadow_time[1] = 0.0
             t, c = time.perf_counter(), time.thread_time()
             out = timed_step(a)
-            bias_cpu.append(time.thread_time() - c)
-            bias_times.append(time.perf_counter() - t)
+            bias_cpu.append(time.thread_time() - c - shadow_time[1])
+            bias_times.append(time.perf_counter() - t - shadow_time[0])
             return out
 
         bias.step = step
-        atoms.calc = GMetaDCalculator(sw_calculator(), bias)
-    else:
-        atoms.calc = sw_calculator()
+    engine = sw_calculator()
+    timed_calculate = engine.calculate
+
+    def calculate(*a, **k):
+        c = time.thread_time()
+        timed_calculate(*a, **k)
+        engine_cpu.append(time.thread_time() - c)
+
+    engine.calculate = calculate
+    atoms.calc = engine if bias is None else GMetaDCalculator(engine, bias)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=rng)
@@ -105,17 +128,16 @@ def run(args) -> None:
         dyn = Langevin(atoms, 1.0 * units.fs, temperature_K=args.temperature,
                        friction=0.01 / units.fs, fixcm=False, rng=rng)
     out = os.path.join(args.out, f"{args.name or args.variant}.npz")
-    os.makedirs(args.out, exist_ok=True)
-    record = {k: [] for k in ("step", "bias_ms", "bias_cpu_ms", "bias_max_ms", "step_ms", "n_hills",
+    record = {k: [] for k in ("step", "bias_ms", "bias_cpu_ms", "bias_max_ms", "step_ms", "engine_cpu_ms", "n_hills",
                               "energy", "exact_energy", "temperature")}
     frames = []
     t0 = time.perf_counter()
     done = 0
     while done < args.steps:
         n = min(args.window, args.steps - done)
-        if bias is not None:
-            bias_times.clear()
-            bias_cpu.clear()
+        bias_times.clear()
+        bias_cpu.clear()
+        engine_cpu.clear()
         t = time.perf_counter()
         for _ in range(n // args.frame_every):
             dyn.run(args.frame_every)
@@ -126,6 +148,7 @@ def run(args) -> None:
         done += n
         record["step"].append(done)
         record["step_ms"].append(wall / n * 1e3)
+        record["engine_cpu_ms"].append(float(np.mean(engine_cpu)) * 1e3)
         record["temperature"].append(atoms.get_temperature())
         if bias is not None:
             record["bias_ms"].append(float(np.mean(bias_times)) * 1e3)
@@ -158,7 +181,8 @@ def main(argv=None):
     p.add_argument("variant", choices=["exact", "compressed", "capped", "reference"])
     p.add_argument("--name", help="file name (default: the variant)")
     p.add_argument("--steps", type=int, default=50_000)
-    p.add_argument("--compression", type=float, default=None)
+    p.add_argument("--compression", type=float, default=None,
+                   help="compression threshold (compressed; optional with capped)")
     p.add_argument("--max-hills", type=int, default=None)
     p.add_argument("--temperature", type=float, default=300.0, help="K")
     p.add_argument("--window", type=int, default=500, help="steps per record")
@@ -170,6 +194,8 @@ def main(argv=None):
         parser.error("compressed needs --compression")
     if args.variant == "capped" and args.max_hills is None:
         parser.error("capped needs --max-hills")
+    if args.variant in ("exact", "reference") and (args.compression is not None or args.max_hills is not None):
+        parser.error(f"{args.variant} takes neither --compression nor --max-hills")
     run(args)
 
 
