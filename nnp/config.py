@@ -2,10 +2,12 @@
 
 Every key is optional; the defaults are those below: SIMPLE-NN's loss weights,
 validation fraction and L2, but a learning rate decaying from 3e-3 to SIMPLE-NN's
-1e-4. Measured on 36 Stillinger-Weber Si64 frames (1500 K MD): a constant 1e-4
-reaches a validation force RMSE of 0.14 eV/A after 200 epochs, the defaults
-0.09 eV/A after 60 and 0.05 eV/A after 200. Relative paths are relative to the
-YAML file::
+1e-4, and no stress term (``stress_weight: 0``, as in SIMPLE-NN v1; SIMPLE-NN
+v2 trains on stress by default with 1e-6 per kbar^2, i.e. 1e-4 per GPa^2, the
+value to start from: docs/guide.md). Measured on 36 Stillinger-Weber Si64 frames
+(1500 K MD): a constant 1e-4 reaches a validation force RMSE of 0.14 eV/A after
+200 epochs, the defaults 0.09 eV/A after 60 and 0.05 eV/A after 200. Relative
+paths are relative to the YAML file::
 
     symmetry:                      # as in the run configuration (gmetad serve)
       default: {cutoff: 6.0}       # elements: those of the training frames
@@ -13,10 +15,16 @@ YAML file::
       # or: potential_saved: potential_saved
     energy_key: energy             # extxyz keys of the reference energy (eV) and
     forces_key: forces             # forces (eV/A): info/arrays or ASE's calculator
+    stress_key: null               # null: ASE's stress (eV/A^3) where a frame has one; a key
+                                   # named here (eV/A^3, ASE's sign) is required in every
+                                   # frame periodic in 3D
+    virial_key: null               # or: a virial (eV, -stress x volume), required likewise
     hidden: [30, 30]               # hidden-layer sizes
     activation: tanh               # tanh, sigmoid, silu or softplus
-    energy_weight: 1.0             # loss = w_E mean((dE/N)^2) + w_F mean(dF^2) + l2 sum(W^2)
-    force_weight: 0.1
+    energy_weight: 1.0             # loss = w_E mean((dE/N)^2) + w_F mean(dF^2)
+    force_weight: 0.1              #        + w_S mean(dS^2) + l2 sum(W^2)
+    stress_weight: 0.0             # w_S per GPa^2 (dS: the 6 stress components in GPa of
+                                   # frames with a stress); 0: no stress term
     l2: 1.0e-6
     validation_fraction: 0.1       # frames held out (at least one when > 0)
     epochs: 200                    # maximum number of epochs
@@ -58,10 +66,13 @@ class TrainConfig:
     symmetry: dict = field(default_factory=lambda: {"default": {}})
     energy_key: str = "energy"
     forces_key: str = "forces"
+    stress_key: Any = None
+    virial_key: Any = None
     hidden: list = field(default_factory=lambda: [30, 30])
     activation: str = "tanh"
     energy_weight: float = 1.0
     force_weight: float = 0.1
+    stress_weight: float = 0.0
     l2: float = 1.0e-6
     validation_fraction: float = 0.1
     epochs: int = 200
@@ -84,11 +95,11 @@ class TrainConfig:
         where = self.path
         def fail(key, msg):
             raise TrainConfigError(f"{where}: '{key}' {msg}")
-        for key in ("energy_weight", "force_weight", "l2"):
+        for key in ("energy_weight", "force_weight", "stress_weight", "l2"):
             if not _number(getattr(self, key)) or getattr(self, key) < 0:
                 fail(key, f"must be a number >= 0, got {getattr(self, key)!r}")
-        if self.energy_weight == 0 and self.force_weight == 0:
-            fail("energy_weight", "and 'force_weight' cannot both be 0")
+        if self.energy_weight == 0 and self.force_weight == 0 and self.stress_weight == 0:
+            fail("energy_weight", "'force_weight' and 'stress_weight' cannot all be 0")
         for key in ("learning_rate", "learning_rate_final"):
             if not _number(getattr(self, key)) or getattr(self, key) <= 0:
                 fail(key, f"must be a number > 0, got {getattr(self, key)!r}")
@@ -115,6 +126,12 @@ class TrainConfig:
         for key in ("energy_key", "forces_key"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 fail(key, "must be a non-empty string")
+        for key in ("stress_key", "virial_key"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                fail(key, f"must be null or a non-empty string, got {value!r}")
+        if self.stress_key is not None and self.virial_key is not None:
+            fail("stress_key", "and 'virial_key' cannot both be set (one reference stress per frame)")
         spec = self.symmetry
         if not isinstance(spec, dict) or len(spec) != 1 or \
                 next(iter(spec)) not in ("default", "params", "potential_saved"):
@@ -176,7 +193,7 @@ def load_config(path: str | os.PathLike | None, **overrides) -> TrainConfig:
     if isinstance(config.cache_dir, str):
         config.cache_dir = resolve(config.cache_dir)
     for key in ("learning_rate", "learning_rate_final", "l2", "energy_weight", "force_weight",
-                "validation_fraction"):
+                "stress_weight", "validation_fraction"):
         value = getattr(config, key)
         if isinstance(value, str):       # YAML reads 1e-4 (no dot) as a string
             try:

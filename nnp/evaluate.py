@@ -1,11 +1,13 @@
 """``gmetad test``: a model's errors on reference frames.
 
 Reports energy per atom (eV/atom) and force (eV/A) RMSE and MAE, forces also per
-element, and for a committee how its spread (std over members) relates to the
-true error: Pearson and Spearman correlation of spread and absolute error (per
-frame for energy, per atom for the force vector) and the RMS error in bins of
-the spread (a calibrated committee has points near error = spread). Writes a
-JSON summary, a parity plot and, for committees, the uncertainty plot.
+element, stress (GPa, the 6 independent components) RMSE and MAE over the frames
+that have a reference stress (see :mod:`nnp.dataset`), and for a committee
+how its spread (std over members) relates to the true error: Pearson and
+Spearman correlation of spread and absolute error (per frame for energy, per
+atom for the force vector) and the RMS error in bins of the spread (a
+calibrated committee has points near error = spread). Writes a JSON summary, a
+parity plot and, for committees, the uncertainty plot.
 """
 from __future__ import annotations
 
@@ -16,8 +18,16 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from ase import units
+
 from .dataset import read_frames
 from .model import NNPModel, load_model
+
+#: eV/A^3 -> GPa
+GPA = 1.0 / units.GPa
+
+#: ASE's Voigt order xx yy zz yz xz xy as (row, column) indices
+_VOIGT = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])
 
 
 def _stats(err: np.ndarray) -> dict[str, float]:
@@ -52,15 +62,18 @@ def _bins(spread: np.ndarray, error: np.ndarray, n_bins: int = 10) -> dict[str, 
 
 
 def evaluate(model: NNPModel | str, paths: list[str], energy_key: str = "energy",
-             forces_key: str = "forces") -> tuple[dict[str, Any], dict[str, Any]]:
-    """(summary, raw arrays) of ``model`` on the frames of ``paths``."""
+             forces_key: str = "forces", stress_key: str | None = None,
+             virial_key: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary, raw arrays) of ``model`` on the frames of ``paths``; stress errors
+    when some frames have a reference stress (keys as in :func:`nnp.dataset.read_frames`)."""
     model = load_model(model)
     e_true, e_pred, e_std, n_atoms = [], [], [], []
+    s_true, s_pred = [], []
     f_true: dict[str, list] = {e: [] for e in model.elements}
     f_pred: dict[str, list] = {e: [] for e in model.elements}
     f_std: dict[str, list] = {e: [] for e in model.elements}
     for path in paths:
-        frames = read_frames(path, energy_key, forces_key)
+        frames = read_frames(path, energy_key, forces_key, stress_key, virial_key)
         for k, atoms in enumerate(frames.atoms):
             try:
                 model.check_atoms(atoms)
@@ -72,6 +85,10 @@ def evaluate(model: NNPModel | str, paths: list[str], energy_key: str = "energy"
             e_true.append(frames.energies[k] / n)
             e_pred.append(pred.energy / n)
             e_std.append(pred.energy_std / n)
+            if frames.has_stress[k]:
+                stress = -pred.virial / atoms.get_volume()
+                s_pred.append(0.5 * (stress + stress.T)[_VOIGT] * GPA)
+                s_true.append(frames.stress[k][_VOIGT] * GPA)
             symbols = np.array(atoms.get_chemical_symbols())
             for e in model.elements:
                 mask = symbols == e
@@ -93,6 +110,12 @@ def evaluate(model: NNPModel | str, paths: list[str], energy_key: str = "energy"
         "forces_per_element": {e: {**_stats(f_pred[e] - f_true[e]), "unit": "eV/A"} for e in f_true},
     }
     raw = {"energy_true": e_true, "energy_pred": e_pred, "forces_true": f_true, "forces_pred": f_pred}
+    if s_true:
+        s_true, s_pred = np.array(s_true), np.array(s_pred)
+        summary["stress"] = {**_stats(s_pred - s_true), "frames": int(len(s_true)), "unit": "GPa",
+                             "reference_rms": float(np.sqrt(np.mean(s_true ** 2))),
+                             "note": "components xx yy zz yz xz xy of the frames with a reference stress"}
+        raw.update(stress_true=s_true, stress_pred=s_pred)
     if model.n_members > 1:
         e_abs = np.abs(e_pred - e_true)
         atom_err = np.concatenate([np.linalg.norm(f_pred[e] - f_true[e], axis=1) for e in f_true])
@@ -135,6 +158,10 @@ def print_summary(summary: dict, stream: TextIO = sys.stdout) -> None:
     print(f"  forces  RMSE {f['rmse']:9.4f} eV/A      MAE {f['mae']:9.4f} eV/A", file=stream)
     for el, s in summary["forces_per_element"].items():
         print(f"    {el:3s}   RMSE {s['rmse']:9.4f} eV/A      MAE {s['mae']:9.4f} eV/A", file=stream)
+    if "stress" in summary:
+        s = summary["stress"]
+        print(f"  stress  RMSE {s['rmse']:9.4f} GPa       MAE {s['mae']:9.4f} GPa"
+              f"  ({s['frames']} frames with stress; reference RMS {s['reference_rms']:.3f} GPa)", file=stream)
     for name, u in summary.get("uncertainty", {}).items():
         fmt = lambda r: "n/a" if r is None else f"{r:.3f}"
         print(f"  committee std vs error ({name}): Pearson {fmt(u['pearson'])}, Spearman {fmt(u['spearman'])}, "

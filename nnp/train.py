@@ -5,9 +5,12 @@ split off ``validation_fraction`` of the frames (seeded); standardise G per
 element and fit per-element reference energies by least squares on the
 training frames; train each committee member with Adam on
 
-    loss = w_E mean_frames((E - E_ref)/N)^2 + w_F mean_components(F - F_ref)^2 + l2 sum(W^2)
+    loss = w_E mean_frames((E - E_ref)/N)^2 + w_F mean_components(F - F_ref)^2
+           + w_S mean_stress_components(S - S_ref)^2 + l2 sum(W^2)
 
-(energies in eV, forces in eV/A) in batches of frames, the learning rate
+(energies in eV, forces in eV/A, stress in GPa: the 6 independent components
+of the frames that have a reference stress, see :mod:`nnp.dataset`; the stress
+term only when ``stress_weight`` > 0) in batches of frames, the learning rate
 decaying exponentially from ``learning_rate`` to ``learning_rate_final``; keep
 the weights of the epoch with the lowest validation loss and stop after
 ``patience`` epochs without improvement.
@@ -19,8 +22,9 @@ the CPU) are deterministic. After every epoch a checkpoint ``OUTPUT.ckpt`` is
 written atomically; a training started again with the same command resumes
 from it and ends with the same model as an uninterrupted one (same machine and
 thread count). The checkpoint is deleted once the model file is written.
-Outputs beside the model: ``STEM.log.csv`` (one row per epoch) and
-``STEM.loss.png``.
+Outputs beside the model: ``STEM.log.csv`` (one row per epoch; the stress RMSE
+columns, GPa, are nan when no frame has a stress, the training one also when the
+stress term is off) and ``STEM.loss.png``.
 """
 from __future__ import annotations
 
@@ -34,16 +38,27 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 import torch
+from ase import units
 
 from biasserver.symmetry import SymmetryFunctions
 
-from .batches import TensorData, predict_batch
+from .batches import TensorData, batch_stress, predict_batch
 from .config import TrainConfig
 from .dataset import DataError, FrameDescriptors, data_elements, frame_descriptors
 from .model import NNPModel, standard_scaling
 
 LOG_COLUMNS = ("member", "epoch", "learning_rate", "loss", "energy_rmse", "force_rmse",
-               "val_loss", "val_energy_rmse", "val_force_rmse", "seconds")
+               "val_loss", "val_energy_rmse", "val_force_rmse", "seconds", "stress_rmse", "val_stress_rmse")
+
+#: eV/A^3 -> GPa
+GPA = 1.0 / units.GPa
+
+#: the 6 independent components of a symmetric 3x3 tensor, ASE's Voigt order xx yy zz yz xz xy
+_VOIGT = (torch.tensor([0, 1, 2, 1, 0, 0]), torch.tensor([0, 1, 2, 2, 2, 1]))
+
+#: settings added after checkpoints were first written, with the value that reproduces
+#: the older training (a checkpoint without them resumes)
+_ADDED_SETTINGS = {"stress_key": None, "virial_key": None, "stress_weight": 0.0}
 
 _TORCH_ACTIVATIONS = {"tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid, "silu": torch.nn.SiLU,
                       "softplus": torch.nn.Softplus}
@@ -72,13 +87,15 @@ def load_training_data(paths: list[str], config: TrainConfig, cache_dir: str) \
         raise DataError("no training files given")
     elements: list[str] = []
     if "default" in config.symmetry and not config.symmetry["default"].get("elements"):
-        elements = data_elements(paths, config.energy_key, config.forces_key)
+        elements = data_elements(paths, config.energy_key, config.forces_key, config.stress_key, config.virial_key)
     symmetry = config.symmetry_functions(elements)
     parts, files = [], []
     for path in paths:
-        part, digest = frame_descriptors(path, symmetry, cache_dir, config.energy_key, config.forces_key)
+        part, digest = frame_descriptors(path, symmetry, cache_dir, config.energy_key, config.forces_key,
+                                         config.stress_key, config.virial_key)
         parts.append(part)
-        files.append({"path": os.path.abspath(path), "sha256": digest, "frames": int(part.n_frames)})
+        files.append({"path": os.path.abspath(path), "sha256": digest, "frames": int(part.n_frames),
+                      "frames_with_stress": int(part.has_stress.sum())})
     data = FrameDescriptors.concatenate(parts)
     missing = [e for e in symmetry.elements if data.counts[e].sum() == 0]
     if missing:
@@ -146,30 +163,54 @@ def _l2(nets: torch.nn.ModuleDict) -> torch.Tensor:
 
 
 # -- one member -------------------------------------------------------------
+def stress_errors(virials: torch.Tensor, batch) -> torch.Tensor:
+    """Squared stress errors (n_s, 6) in GPa^2 of the frames of ``batch`` that have a
+    reference stress (6 independent components each)."""
+    diff = (batch_stress(virials, batch) - batch.stress)[batch.has_stress] * GPA
+    return diff[:, _VOIGT[0], _VOIGT[1]] ** 2
+
+
 def _evaluate(nets, tensors: TensorData, frames: np.ndarray, config: TrainConfig) -> dict[str, float]:
-    """Loss and RMSEs (eV/atom, eV/A) over ``frames`` without updating anything."""
-    se_e = se_f = 0.0
-    n_comp = 0
+    """Loss and RMSEs (eV/atom, eV/A, GPa; stress only if some of ``frames`` have one)
+    over ``frames`` without updating anything."""
+    se_e = se_f = se_s = 0.0
+    n_comp = n_stress = 0
     for start in range(0, len(frames), 32):
         batch = tensors.batch(frames[start:start + 32])
-        energy, forces = predict_batch(nets, batch, create_graph=False)
+        with_stress = bool(batch.has_stress.any())
+        energy, forces, *virials = predict_batch(nets, batch, create_graph=False, virial=with_stress)
         se_e += float((((energy.detach() - batch.energy) / batch.n_atoms) ** 2).sum())
         se_f += float(((forces.detach() - batch.forces) ** 2).sum())
         n_comp += forces.numel()
+        if with_stress:
+            err_s = stress_errors(virials[0].detach(), batch)
+            se_s += float(err_s.sum())
+            n_stress += err_s.numel()
     mse_e, mse_f = se_e / len(frames), se_f / n_comp
     loss = config.energy_weight * mse_e + config.force_weight * mse_f + config.l2 * float(_l2(nets).detach())
-    return {"loss": loss, "energy_rmse": mse_e ** 0.5, "force_rmse": mse_f ** 0.5}
+    out = {"loss": loss, "energy_rmse": mse_e ** 0.5, "force_rmse": mse_f ** 0.5}
+    if n_stress:
+        out["stress_rmse"] = (se_s / n_stress) ** 0.5
+        if config.stress_weight > 0:
+            out["loss"] = loss + config.stress_weight * se_s / n_stress
+    return out
 
 
 def _train_epoch(nets, optimizer, tensors: TensorData, frames: np.ndarray, config: TrainConfig) -> dict[str, float]:
-    se_e = se_f = loss_sum = 0.0
-    n_comp = 0
+    se_e = se_f = se_s = loss_sum = 0.0
+    n_comp = n_stress = 0
     for start in range(0, len(frames), config.batch_size):
         batch = tensors.batch(frames[start:start + config.batch_size])
-        energy, forces = predict_batch(nets, batch, create_graph=True)
+        with_stress = config.stress_weight > 0 and bool(batch.has_stress.any())
+        energy, forces, *virials = predict_batch(nets, batch, create_graph=True, virial=with_stress)
         err_e = ((energy - batch.energy) / batch.n_atoms) ** 2
         err_f = (forces - batch.forces) ** 2
         loss = config.energy_weight * err_e.mean() + config.force_weight * err_f.mean()
+        if with_stress:
+            err_s = stress_errors(virials[0], batch)
+            loss = loss + config.stress_weight * err_s.mean()
+            se_s += float(err_s.detach().sum())
+            n_stress += err_s.numel()
         if config.l2 > 0:
             loss = loss + config.l2 * _l2(nets)
         optimizer.zero_grad(set_to_none=True)
@@ -179,8 +220,11 @@ def _train_epoch(nets, optimizer, tensors: TensorData, frames: np.ndarray, confi
         se_f += float(err_f.detach().sum())
         n_comp += err_f.numel()
         loss_sum += float(loss.detach()) * len(batch.n_atoms)
-    return {"loss": loss_sum / len(frames), "energy_rmse": (se_e / len(frames)) ** 0.5,
-            "force_rmse": (se_f / n_comp) ** 0.5}
+    out = {"loss": loss_sum / len(frames), "energy_rmse": (se_e / len(frames)) ** 0.5,
+           "force_rmse": (se_f / n_comp) ** 0.5}
+    if n_stress:
+        out["stress_rmse"] = (se_s / n_stress) ** 0.5
+    return out
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
@@ -216,7 +260,9 @@ def load_checkpoint(path: str, signature: dict) -> dict:
     except Exception as err:  # noqa: BLE001 (torch raises several types)
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}); "
                               "delete it or train with --fresh") from None
-    theirs = state.get("signature", {})
+    theirs = dict(state.get("signature", {}))
+    if isinstance(theirs.get("settings"), dict):
+        theirs["settings"] = {**_ADDED_SETTINGS, **theirs["settings"]}
     for key in signature:
         if theirs.get(key) != signature[key]:
             what = {"symmetry_fingerprint": "symmetry functions", "files": "training files",
@@ -235,11 +281,12 @@ def load_checkpoint(path: str, signature: dict) -> dict:
 # -- the whole training -------------------------------------------------------
 def _progress(stream: TextIO, member: int, n_members: int, row: dict, epochs: int, best: bool) -> None:
     val = ""
+    stress = lambda key: f" S {row[key]:.3f} GPa" if row[key] == row[key] else ""   # not NaN
     if row["val_loss"] == row["val_loss"]:   # not NaN
         val = (f" | val E {1000 * row['val_energy_rmse']:7.2f} meV/atom"
-               f" F {row['val_force_rmse']:.4f} eV/A{' *' if best else ''}")
+               f" F {row['val_force_rmse']:.4f} eV/A{stress('val_stress_rmse')}{' *' if best else ''}")
     print(f"[{member + 1}/{n_members}] epoch {row['epoch']:4d}/{epochs}  loss {row['loss']:.3e}"
-          f"  E {1000 * row['energy_rmse']:7.2f} meV/atom  F {row['force_rmse']:.4f} eV/A{val}"
+          f"  E {1000 * row['energy_rmse']:7.2f} meV/atom  F {row['force_rmse']:.4f} eV/A{stress('stress_rmse')}{val}"
           f"  lr {row['learning_rate']:.1e}  {row['seconds']:.1f} s", file=stream, flush=True)
 
 
@@ -287,9 +334,15 @@ def train(paths: list[str], output: str, config: TrainConfig, fresh: bool = Fals
         signature = {"symmetry_fingerprint": symmetry.fingerprint(),
                      "files": [[f["sha256"], f["frames"]] for f in files],
                      "settings": config.training_settings()}
+        n_stress = int(data.has_stress.sum())
+        stress_note = (f"; {n_stress} frames with stress" + ("" if config.stress_weight > 0 else " (stress term off)")
+                       if n_stress else "")
         print(f"training on {len(train_idx)} frames, validating on {len(val_idx)} "
-              f"({data.n_frames} frames from {len(files)} file(s)); {symmetry!r}; cache {cache_dir}",
+              f"({data.n_frames} frames from {len(files)} file(s)){stress_note}; {symmetry!r}; cache {cache_dir}",
               file=stream, flush=True)
+        if config.stress_weight > 0 and not n_stress:
+            print("warning: stress_weight > 0 but no frame has a stress (with a cell periodic in 3D): "
+                  "the stress term does nothing", file=stream, flush=True)
 
         state: dict[str, Any] = {"signature": signature, "finished": [], "history": [], "member": 0}
         if os.path.exists(out["checkpoint"]) and not fresh:
@@ -348,10 +401,11 @@ def _train_member(member: int, state: dict, symmetry, tensors: TensorData, train
         else:
             bad += 1
         nan = float("nan")
-        row = {"member": member, "epoch": epoch, "learning_rate": lr, **fit,
+        row = {"member": member, "epoch": epoch, "learning_rate": lr, "stress_rmse": nan, **fit,
                "val_loss": check["loss"] if len(val_idx) else nan,
                "val_energy_rmse": check["energy_rmse"] if len(val_idx) else nan,
                "val_force_rmse": check["force_rmse"] if len(val_idx) else nan,
+               "val_stress_rmse": check.get("stress_rmse", nan) if len(val_idx) else nan,
                "seconds": time.perf_counter() - started}
         state["history"].append(row)
         _progress(stream, member, config.committee, row, config.epochs, improved and len(val_idx) > 0)
@@ -373,5 +427,7 @@ def _train_member(member: int, state: dict, symmetry, tensors: TensorData, train
     state["member"] = member + 1
     save_checkpoint(out["checkpoint"], state)
     if len(val_idx):
+        stress = f", S {val['stress_rmse']:.3f} GPa" if "stress_rmse" in val else ""
         print(f"[{member + 1}/{config.committee}] best epoch {best['epoch']}: val E "
-              f"{1000 * val['energy_rmse']:.2f} meV/atom, F {val['force_rmse']:.4f} eV/A", file=stream, flush=True)
+              f"{1000 * val['energy_rmse']:.2f} meV/atom, F {val['force_rmse']:.4f} eV/A{stress}", file=stream,
+              flush=True)
