@@ -8,6 +8,7 @@
     gmetad select FRAMES ...     pick a training subset from recorded frames
     gmetad train FRAMES... -o M  train a neural-network potential (package nnp)
     gmetad test MODEL FRAMES...  a potential's errors on reference frames
+    gmetad reproduce si          the Si study of the paper's Fig. 4 (package studies)
 """
 from __future__ import annotations
 
@@ -197,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--forces-key", default="forces")
     p.add_argument("--no-plot", action="store_true", help="JSON only")
     p.set_defaults(func=lambda a: __import__("nnp.cli", fromlist=["test_main"]).test_main(a))
+
+    p = sub.add_parser("reproduce", help="run a study of the paper end to end (cached stages)")
+    __import__("studies.cli", fromlist=["add_arguments"]).add_arguments(p)
+    p.set_defaults(func=lambda a: __import__("studies.cli", fromlist=["main"]).main(a))
 
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)

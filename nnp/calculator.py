@@ -5,9 +5,14 @@
 -virial / volume). Committees give the mean; ``results`` also hold the spread:
 ``energy_std`` (eV), ``forces_std`` (N, 3) eV/A, ``energies_members`` (K,) eV,
 and ``virial`` (3, 3) eV (always, also for slabs).
+
+``member_calculators(model)`` gives one calculator per committee member (each a
+single network), for quantities whose spread over members is wanted, e.g. a
+relaxed property computed with each member in turn.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -45,3 +50,19 @@ class NNPCalculator(Calculator):
         return {"committee": self.model.n_members, "energy_std": float(self.results["energy_std"]),
                 "forces_std": np.asarray(self.results["forces_std"]).tolist(),
                 "energies_members": np.asarray(self.results["energies_members"]).tolist()}
+
+
+def member_model(model: NNPModel | str | os.PathLike, k: int) -> NNPModel:
+    """Committee member ``k`` (0-based) of ``model`` as a model of its own (same
+    symmetry functions, scaling and reference energies; one network)."""
+    model = load_model(model)
+    if not 0 <= k < model.n_members:
+        raise ValueError(f"{model.name}: member {k} requested, the committee has {model.n_members} "
+                         f"(0..{model.n_members - 1})")
+    return dataclasses.replace(model, members=[model.members[k]], path=f"{model.name}[member {k}]")
+
+
+def member_calculators(model: NNPModel | str | os.PathLike) -> list[NNPCalculator]:
+    """One NNPCalculator per committee member of ``model``, in member order."""
+    model = load_model(model)
+    return [NNPCalculator(member_model(model, k)) for k in range(model.n_members)]
