@@ -56,6 +56,10 @@ PLAIN_SEED = 201
 #: run lengths (MD steps): full study and the --quick check
 FULL_STEPS = 1000
 QUICK_STEPS = 40
+#: the --quick check: one conventional cell (8 atoms), hills every 10 steps so that
+#: its few dozen steps deposit and feel some (a check of the machinery, not a result)
+QUICK_REPEAT = 1
+QUICK_STRIDE = 10
 
 
 def rock_salt(repeat: int = 2, a: float = A_ROCK_SALT) -> Atoms:
@@ -94,3 +98,81 @@ def sample_all(workdir: str, specs: Sequence, stream: TextIO = sys.stderr) -> di
         if not os.path.exists(done):
             raise RuntimeError(f"run {spec.name}: no i-PI property file {done} after the run")
     return results
+
+
+def reproduce(workdir: str, quick: bool = False, stream: TextIO = sys.stderr) -> dict[str, Any]:
+    """The whole GeTe study in ``workdir`` as cached stages (:class:`studies.pipeline.Pipeline`):
+    ``sample-<run>`` for the four G-metaD runs and the plain MD, then ``analysis``
+    (``analysis/gete.json``, ``gete.png``, ``gete-snapshots.png``). ``quick``: 8
+    atoms, :data:`QUICK_STEPS` steps, hills every :data:`QUICK_STRIDE` steps.
+    Returns the analysis stage's outputs."""
+    from .gete_analysis import analyse
+    from .pipeline import Pipeline, sample, single_threaded
+
+    single_threaded()
+    steps = QUICK_STEPS if quick else FULL_STEPS
+    repeat = QUICK_REPEAT if quick else 2
+    bias = dict(METHOD_BIAS, stride=QUICK_STRIDE) if quick else dict(METHOD_BIAS)
+    specs = run_specs(steps, repeat, bias)
+    pipeline = Pipeline(workdir, stream)
+    pipeline.say(f"GeTe study{' (quick)' if quick else ''}: {len(specs)} runs of {steps} steps, "
+                 f"{len(specs[0].structure)} atoms, CHGNet reference, in {pipeline.workdir}")
+    folders = {}
+    for spec in specs:
+        name = f"sample-{spec.name}"
+
+        def run(folder: str, resume: bool, spec=spec) -> dict:
+            return sample(spec, folder, SYMMETRY, stream=stream).to_dict()
+
+        pipeline.stage(name, {"run": spec.describe(), "symmetry": SYMMETRY}, run)
+        folders[spec.name] = pipeline.path(name)
+    settings = {"steps": steps, "atoms": len(specs[0].structure), "temperature_K": TEMPERATURE,
+                "timestep_fs": TIMESTEP, "bias": bias, "seeds": list(GMETAD_SEEDS), "plain_seed": PLAIN_SEED}
+
+    def analysis(folder: str, resume: bool) -> dict:
+        data = analyse(folders, folder, reference="plain", stride=1 if quick else 10, settings=settings)
+        return {"json": os.path.join(folder, "gete.json"), "figure": os.path.join(folder, "gete.png"),
+                "snapshots": os.path.join(folder, "gete-snapshots.png"), "summary": summary(data)}
+
+    outputs = pipeline.stage("analysis", settings, analysis, depends=[f"sample-{s.name}" for s in specs])
+    for line in outputs["summary"]:
+        pipeline.say(line)
+    return outputs
+
+
+def summary(data: Mapping[str, Any]) -> list[str]:
+    """One line per run of the analysis JSON: final energy, disorder, coverage, stability."""
+    lines = []
+    for name, r in data["runs"].items():
+        stable = r.get("stability", {}).get("stable")
+        coverage = sum(c[-1] for c in r["coverage"].values())
+        lines.append(f"{name}: {r['time_ps'][-1]:.2f} ps, E - E(rock salt) = {1000 * r['energy_rel'][-1]:.0f} "
+                     f"meV/atom (bias {1000 * r['bias'][-1]:.0f}), not rock-salt-like Ge "
+                     f"{r['non_rock_salt']['Ge'][-1]:.2f} Te {r['non_rock_salt']['Te'][-1]:.2f}, "
+                     f"{coverage} covering centres, shortest distance {r['min_distance']:.2f} A, "
+                     f"thermostat held: {stable}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m studies.gete [--quick] [--workdir DIR]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m studies.gete", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="8 atoms, a few dozen steps (a check of the machinery)")
+    ap.add_argument("--workdir", help="work folder (default: reproduce-gete[-quick])")
+    args = ap.parse_args(argv)
+    workdir = args.workdir or f"reproduce-gete{'-quick' if args.quick else ''}"
+    from .pipeline import StageError
+
+    try:
+        reproduce(workdir, args.quick)
+    except StageError as err:
+        print(f"gete: {err}\ngete: finished stages are kept in {workdir}; run the same command again to resume",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -77,12 +77,13 @@ def energy_series(frames: Sequence[Atoms], timestep: float = TIMESTEP,
     return {"time_ps": time_ps, "energy_rel": energy, "bias": bias}
 
 
-def min_distance(atoms: Atoms) -> float:
-    """The shortest interatomic distance (A), periodic images included."""
+def min_distance(atoms: Atoms, search: float = 3.5) -> float:
+    """The shortest interatomic distance (A), periodic images included; ``search``
+    when no two atoms are closer than that (a bound, enough for the stability check)."""
     from ase.neighborlist import neighbor_list
 
-    d = neighbor_list("d", atoms, 2.0 * FIRST_SHELL)
-    return float(d.min()) if len(d) else float("inf")
+    d = neighbor_list("d", atoms, search)
+    return float(d.min()) if len(d) else float(search)
 
 
 # ------------------------------------------------------------------ local order
@@ -146,6 +147,24 @@ def coverage_series(frames: Sequence[Atoms], reference_frames: Sequence[Atoms], 
     return counts
 
 
+def thermal_radius(reference_frames: Sequence[Atoms], symmetry_functions=None) -> float:
+    """The covering radius at the scale of thermal motion: the median, over the
+    reference environments of both elements, of their standardised distance to
+    their element's mean. In D standardised dimensions this is about sqrt(D)
+    (8.4 for 70 functions), so one centre covers a typical thermal cloud, while at
+    radius 1 nearly every environment of any run is a centre of its own."""
+    from biasserver.coverage import environments
+
+    sf = symmetry_functions or _symmetry_functions()
+    distances = []
+    for e, g in environments(reference_frames, sf).items():
+        if len(g):
+            std = g.std(axis=0)
+            std[~(std > 0)] = 1.0
+            distances.append(np.linalg.norm((g - g.mean(axis=0)) / std, axis=1))
+    return float(np.median(np.concatenate(distances)))
+
+
 def _symmetry_functions():
     from biasserver.symmetry import SymmetryFunctions
 
@@ -156,12 +175,12 @@ def _symmetry_functions():
 # ------------------------------------------------------------------ the whole analysis
 
 
-def analyse_run(frames: Sequence[Atoms], reference_frames: Sequence[Atoms], stride: int = 10,
+def analyse_run(frames: Sequence[Atoms], reference_frames: Sequence[Atoms], radius: float, stride: int = 10,
                 timestep: float = TIMESTEP, md_out: str | None = None) -> dict[str, Any]:
     """Everything Fig. 3 shows for one run: the energy series (every frame); the
-    non-rock-salt fractions and the coverage every ``stride`` frames; the shortest
-    distance; and with ``md_out`` the thermostat check of
-    :func:`studies.pipeline.stability`."""
+    non-rock-salt fractions and the coverage (at ``radius`` and at the shared
+    radius 1) every ``stride`` frames; the shortest distance; and with ``md_out``
+    the thermostat check of :func:`studies.pipeline.stability`."""
     series = energy_series(frames, timestep)
     picked = list(frames[::stride])
     fractions = [non_rock_salt_fraction(a) for a in picked]
@@ -171,7 +190,8 @@ def analyse_run(frames: Sequence[Atoms], reference_frames: Sequence[Atoms], stri
         **series,
         "sampled_time_ps": [series["time_ps"][k] for k in range(0, len(frames), stride)],
         "non_rock_salt": {e: [f[e] for f in fractions] for e in elements},
-        "coverage": coverage_series(picked, reference_frames),
+        "coverage": coverage_series(picked, reference_frames, radius),
+        "coverage_radius_1": coverage_series(picked, reference_frames, 1.0),
         "min_distance": float(min(distances)) if distances else float("nan"),
         "min_distance_ok": bool(distances and min(distances) >= MIN_DISTANCE),
     }
@@ -197,18 +217,21 @@ def analyse(runs: Mapping[str, str], output: str, reference: str = "plain", stri
     if reference not in frames:
         raise ValueError(f"the coverage reference run {reference!r} is not among the runs ({', '.join(frames)})")
     reference_frames = frames[reference][::stride]
+    radius = thermal_radius(reference_frames)
     data: dict[str, Any] = {
         "settings": dict(settings or {}),
         "criteria": {"first_shell_A": FIRST_SHELL, "linear_angle_deg": LINEAR_ANGLE,
                      "min_distance_A": MIN_DISTANCE, "coverage_reference": reference,
-                     "coverage_radius": 1.0, "stride": stride},
+                     "coverage_radius": radius, "coverage_radius_rule": "thermal_radius (median "
+                     "standardised distance of the reference environments to their mean); "
+                     "coverage_radius_1: the shared radius 1", "stride": stride},
         "rock_salt_energy_eV_per_atom": E_ROCK_SALT,
         "runs": {},
     }
     snapshots = {}
     for name, folder in runs.items():
         md_out = run_files(folder)["md_out"]
-        result = analyse_run(frames[name], reference_frames, stride, timestep,
+        result = analyse_run(frames[name], reference_frames, radius, stride, timestep,
                              md_out if os.path.exists(md_out) else None)
         picks = snapshot_indices(len(frames[name]))
         result["snapshots"] = [{"frame": k, "time_ps": result["time_ps"][k]} for k in picks]
@@ -273,13 +296,16 @@ def plot(data: Mapping[str, Any], snapshots: Mapping[str, Sequence[Atoms]], path
     ax_o.set(xlabel="time (ps)", ylabel="fraction not rock-salt-like", ylim=(-0.02, 1.02),
              title="local order (solid Ge, dotted Te)")
     ax_c.set(xlabel="time (ps)", ylabel="covering centres (Ge + Te)",
-             title=f"coverage (radius 1, standardised by {data['criteria']['coverage_reference']})")
+             title=f"coverage (radius {data['criteria']['coverage_radius']:.1f}, "
+                   f"standardised by {data['criteria']['coverage_reference']})")
     ax_e.legend(fontsize=7)
     for k, atoms in enumerate(strip):
         ax = fig.add_subplot(grid[2, k])
         shot = runs[featured]["snapshots"][k]
         _draw_atoms(ax, atoms, f"{featured}, {shot['time_ps']:.2f} ps")
-    fig.suptitle("64-atom GeTe from rock salt, NVT 600 K, CHGNet reference (Ge dark, Te gold)", fontsize=10)
+    n_atoms = len(strip[0]) if strip else 0
+    fig.suptitle(f"{n_atoms}-atom GeTe from rock salt, NVT {TEMPERATURE:g} K, CHGNet reference "
+                 "(snapshots: Ge grey, Te orange)", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     if snapshots_path is None:
