@@ -344,7 +344,10 @@ def run_example(directory: str, steps: int | None = None, only: str | None = Non
         outdir = os.path.join(output, variant)
         continued = resume and os.path.exists(os.path.join(outdir, "gmetad.yaml"))
         # a resumed run keeps its own length unless --steps says otherwise
-        run = Run(config, variant, outdir, steps if continued else steps or config.run.steps, resume=continued)
+        kind = Run
+        if (config.walkers or 1) > 1:   # N i-PI runs, N drivers, one MPI job of servers
+            from .walkerrun import WalkerRun as kind
+        run = kind(config, variant, outdir, steps if continued else steps or config.run.steps, resume=continued)
         if run.complete:
             print(f"gmetad run: {variant} run in {outdir} had finished ({run.total_steps} steps)", file=sys.stderr)
             continue

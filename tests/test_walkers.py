@@ -232,24 +232,125 @@ def test_force_client_of_one_walker_killed_mid_step(two_walkers, tmp_path):
             assert a.info["bias_energy"] == pytest.approx(b.info["bias_energy"], rel=1e-9, abs=1e-12)
 
 
-def test_a_dead_rank_ends_the_job_with_mpis_message(tmp_path):
-    """SIGKILL of one rank: mpirun ends the job and names the rank."""
-    ipi_base, ref_base = unique_socket_name("wkd"), unique_socket_name("wkdref")
-    inputs = write_walkers(tmp_path, 2, ipi_base, ref_base)
-    job = WalkerJob(tmp_path)
-    job.sockets = [f"{b}-{r}" for b in (ipi_base, ref_base) for r in range(2)]
+# --------------------------------------------------------------------------- #
+# gmetad run with walkers: the example, a rank killed, --resume
+# --------------------------------------------------------------------------- #
+
+RUN_STEPS = 30           # per walker
+CHECKPOINT_STRIDE = 10   # i-PI checkpoints at steps 10 and 20
+SLOW_MODULE = '''
+"""EMT that takes at least 30 ms per evaluation (a run slow enough to be killed)."""
+import time
+from ase.calculators.emt import EMT
+
+
+class SlowEMT(EMT):
+    def calculate(self, *args, **kwargs):
+        time.sleep(0.03)
+        super().calculate(*args, **kwargs)
+'''
+
+
+def walkers_example(tmp_path: Path) -> Path:
+    """examples/pt111-h-walkers with a slow EMT driver and checkpoints every 10 steps."""
+    import shutil
+    from test_server import REPO
+    example = tmp_path / "example"
+    shutil.copytree(REPO / "examples" / "pt111-h-walkers", example)
+    (example / "slow.py").write_text(SLOW_MODULE)
+    text = (example / "gmetad.yaml").read_text()
+    text = text.replace("driver: gmetad driver emt", "driver: gmetad driver slow:SlowEMT")
+    text = text.replace("  plain: false", f"  plain: false\n  checkpoint_stride: {CHECKPOINT_STRIDE}")
+    (example / "gmetad.yaml").write_text(text)
+    return example
+
+
+def gmetad_run(example: Path, output: Path, *extra) -> subprocess.Popen:
+    from test_server import REPO
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(example), os.environ.get("PYTHONPATH", "")]))
+    log = open(output.parent / f"{output.name}.{'resume' if extra else 'run'}.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", "biasserver.cli", "run", str(example), "--steps", str(RUN_STEPS),
+                             "--output", str(output), *extra], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+
+
+def frames_count(path: Path) -> int:
     try:
-        for r, xml in enumerate(inputs):
-            job.ipi(xml, f"{ipi_base}-{r}")
-        server = job.mpi_serve(2)
-        log = tmp_path / "server.log"
-        wait_for(lambda: "walker 1 of 2" in log.read_text(), DEADLINE, "rank 1 to connect", job)
-        pid = int(next(ln for ln in log.read_text().splitlines() if "walker 1 " in ln and "pid " in ln)
-                  .split("pid ")[1].split()[0].rstrip(")"))
-        os.kill(pid, signal.SIGKILL)
-        code = server.wait(timeout=DEADLINE)
+        return path.read_bytes().count(b"Lattice=")
+    except OSError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory):
+    """An uninterrupted gmetad run of the walkers example (2 walkers x 30 steps)."""
+    tmp = tmp_path_factory.mktemp("walkers_run")
+    example = walkers_example(tmp)
+    proc = gmetad_run(example, tmp / "output")
+    assert proc.wait(timeout=4 * DEADLINE) == 0, (tmp / "output.run.log").read_text()[-3000:]
+    return tmp / "output"
+
+
+def test_gmetad_run_with_walkers(example_run):
+    out = example_run / "gmetad"
+    records = hillsfile.read(out / "HILLS").records
+    assert [r.step for r in records] == [s for s in range(5, RUN_STEPS + 1, 5) for _ in range(2)]
+    first = []
+    for r in range(2):
+        frames = read(out / f"walker-{r}" / "frames.extxyz", ":")
+        assert [a.info["step"] for a in frames] == list(range(RUN_STEPS + 1))
+        assert {a.info["walker"] for a in frames} == {r}
+        first.append(frames[1].positions)
+        # each walker's i-PI ran with its own seed
+        assert f"<seed> {31415 + r} </seed>" in (out / f"walker-{r}" / "input.xml").read_text().replace("\n", " ") \
+            or f"{31415 + r}" in (out / f"walker-{r}" / "input.xml").read_text()
+    assert np.abs(first[0] - first[1]).max() > 1e-6
+    report = (example_run / "walkers.txt").read_text()
+    assert "walker 0:" in report and "walker 1:" in report and "all walkers:" in report
+
+
+def test_a_killed_rank_ends_the_run_and_resume_continues_every_walker(example_run, tmp_path):
+    """SIGKILL of rank 1 mid-run: mpirun ends the job naming the rank, gmetad run
+    stops everything; --resume continues both walkers from the newest common
+    checkpoint, and the result is the uninterrupted run's."""
+    from biasserver.walkerrun import _children
+    example = walkers_example(tmp_path)
+    output = tmp_path / "output"
+    out = output / "gmetad"
+    run = gmetad_run(example, output)
+    try:
+        wait_for(lambda: all(frames_count(out / f"walker-{r}" / "frames.extxyz") >= 23 for r in range(2)),
+                 4 * DEADLINE, "both walkers past step 22")
+        mpirun = next(p for p in _children(run.pid) if b"mpirun" in Path(f"/proc/{p}/cmdline").read_bytes())
+        ranks = sorted(_children(mpirun))
+        rank1 = next(p for p in ranks if f"walker 1 of 2, pid {p})" in (out / "server.log").read_text())
+        os.kill(rank1, signal.SIGKILL)
+        assert run.wait(timeout=DEADLINE) == 1
     finally:
-        job.stop_all()
-    assert code != 0
-    text = log.read_text()
-    assert "rank 1" in text and "signal 9" in text, text[-2000:]
+        if run.poll() is None:
+            kill_group(run)
+    log = (out / "server.log").read_text()
+    assert "rank 1" in log and "signal 9" in log, log[-2000:]
+    assert "the server process exited" in (tmp_path / "output.run.log").read_text()
+
+    resumed = gmetad_run(example, output, "--resume")
+    assert resumed.wait(timeout=4 * DEADLINE) == 0, (tmp_path / "output.resume.log").read_text()[-3000:]
+    assert "resumed at step 20" in (tmp_path / "output.resume.log").read_text()
+
+    ref = example_run / "gmetad"
+    got, want = hillsfile.read(out / "HILLS").records, hillsfile.read(ref / "HILLS").records
+    assert [(r.step, r.id) for r in got] == [(r.step, r.id) for r in want]
+    for a, b in zip(got, want):
+        assert a.height == b.height
+        np.testing.assert_allclose(a.centre, b.centre, rtol=0, atol=1e-10)
+    for r in range(2):
+        frames = read(out / f"walker-{r}" / "frames.extxyz", ":")
+        expected = read(ref / f"walker-{r}" / "frames.extxyz", ":")
+        assert [a.info["step"] for a in frames] == list(range(RUN_STEPS + 1))
+        for a, b in zip(frames, expected, strict=True):
+            np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=1e-8)
+            assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), rel=1e-12, abs=1e-10)
+            assert a.info["bias_energy"] == pytest.approx(b.info["bias_energy"], rel=1e-9, abs=1e-12)
+            assert a.info["n_hills"] == b.info["n_hills"]
+        # the frames the killed run had recorded from step 20 on were set aside, not lost
+        assert (out / f"walker-{r}" / "frames.after-20.extxyz").exists()
