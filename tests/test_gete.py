@@ -152,3 +152,55 @@ def test_antisites_and_disorder_are_not_rock_salt_like():
     assert not like[ge] and not like[te]
     fractions = non_rock_salt_fraction(disordered())
     assert fractions["Ge"] > 0.9 and fractions["Te"] > 0.9
+
+
+# --------------------------------------------------------------------------- #
+# the analysis on small run folders
+# --------------------------------------------------------------------------- #
+
+
+def write_run(folder, frames_energies, seed):
+    """A run folder as studies.pipeline.sample leaves it (frames only): rock salt
+    rattled more and more, with given reference energies (eV/atom above rock salt)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from studies.gete import E_ROCK_SALT
+
+    variant = folder / "output" / "gmetad"
+    variant.mkdir(parents=True)
+    frames = []
+    for step, e_rel in enumerate(frames_energies):
+        atoms = rock_salt(1)
+        atoms.rattle(0.02 + 0.03 * step, seed=seed + step)
+        atoms.calc = SinglePointCalculator(atoms, energy=(E_ROCK_SALT + e_rel) * len(atoms),
+                                           forces=np.zeros((len(atoms), 3)))
+        atoms.info.update(step=step, bias_energy=0.01 * step)
+        frames.append(atoms)
+    write(variant / "frames.extxyz", frames, format="extxyz")
+    return str(folder)
+
+
+def test_analyse_writes_energies_order_coverage_and_figures(tmp_path):
+    import json
+
+    from studies.gete_analysis import analyse
+
+    runs = {"gmetad-1": write_run(tmp_path / "g", [0.0, 0.05, 0.1, 0.2], seed=1),
+            "plain": write_run(tmp_path / "p", [0.0, 0.03, 0.06, 0.07], seed=50)}
+    data = analyse(runs, str(tmp_path / "out"), stride=1, settings={"note": "test"})
+    on_disk = json.loads((tmp_path / "out" / "gete.json").read_text())
+    assert on_disk["runs"].keys() == data["runs"].keys() == {"gmetad-1", "plain"}
+    g = on_disk["runs"]["gmetad-1"]
+    np.testing.assert_allclose(g["energy_rel"], [0.0, 0.05, 0.1, 0.2], atol=1e-9)
+    np.testing.assert_allclose(g["bias"], [0.0, 0.01 / 8, 0.02 / 8, 0.03 / 8], rtol=1e-12)
+    np.testing.assert_allclose(g["time_ps"], [0.0, 0.002, 0.004, 0.006], rtol=1e-12)
+    assert g["non_rock_salt"]["Ge"][0] == 0.0                          # barely rattled rock salt
+    counts = np.add(g["coverage"]["Ge"], g["coverage"]["Te"])
+    assert np.all(np.diff(counts) >= 0) and counts[0] >= 2             # one centre per element at least
+    assert [s["frame"] for s in g["snapshots"]] == [0, 1, 2, 3]
+    assert on_disk["settings"] == {"note": "test"}
+    for png in ("gete.png", "gete-snapshots.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="coverage reference run 'none'"):
+        analyse(runs, str(tmp_path / "out2"), reference="none")
