@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("driver", help="run an ASE calculator as an i-PI force client")
-    p.add_argument("calculator", help="emt, sw, tersoff, eam, nnp, or package.module:Class")
+    p.add_argument("calculator", help="emt, sw, tersoff, eam, nnp, chgnet, or package.module:Class")
     p.add_argument("--structure", "-s", required=True, help="template structure (symbols, pbc)")
     p.add_argument("--address", "-a", required=True, help="unix:NAME, unix:/path or inet:HOST:PORT")
     p.add_argument("--kwargs", default="{}", help="JSON object of calculator keyword arguments")
