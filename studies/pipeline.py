@@ -413,19 +413,65 @@ def coverage_curves(runs: Mapping[str, Sequence[str]], reference_frames: Sequenc
 # ------------------------------------------------------------------ selection
 
 
+def fps_frames(frames: Sequence[Atoms], symmetry_functions, n: int, first: int = 0) -> list[int]:
+    """The rule of ``gmetad select --fps`` (:func:`biasserver.select.environment_fps`):
+    farthest-point sampling of frames by their least-covered atom, in G space scaled
+    per function by its standard deviation over all atoms of the element, starting
+    from frame ``first``; computed with dot products so that pools of thousands of
+    frames fit in memory and time. Returns the chosen indices in order of choice."""
+    if n <= 0 or not frames:
+        return []
+    n = min(n, len(frames))
+    stacks: dict[str, list[np.ndarray]] = {e: [] for e in symmetry_functions.elements}
+    owners: dict[str, list[np.ndarray]] = {e: [] for e in symmetry_functions.elements}
+    for k, atoms in enumerate(frames):
+        for element, values in symmetry_functions.values(atoms).items():
+            stacks[element].append(values)
+            owners[element].append(np.full(len(values), k))
+    envs = {}
+    for e in symmetry_functions.elements:
+        if sum(len(v) for v in stacks[e]) == 0:
+            continue
+        g = np.concatenate(stacks[e])
+        scale = g.std(axis=0)
+        scale[scale == 0] = 1.0
+        g = g / scale
+        owner = np.concatenate(owners[e])          # frame of each atom, non-decreasing
+        bounds = np.searchsorted(owner, np.arange(len(frames) + 1))
+        envs[e] = (g, (g * g).sum(axis=1), owner, bounds)
+    nearest = {e: np.full(len(v[0]), np.inf) for e, v in envs.items()}
+    chosen = [first]
+    while len(chosen) < n:
+        latest = chosen[-1]
+        novelty = np.zeros(len(frames))
+        for e, (g, norms, owner, bounds) in envs.items():
+            a, b = bounds[latest], bounds[latest + 1]
+            if b > a:
+                new = g[a:b]
+                d2 = norms[:, None] + norms[a:b][None, :] - 2.0 * (g @ new.T)
+                d2 = d2.min(axis=1)
+                d2[d2 < 1e-12 * (1.0 + norms)] = 0.0     # round-off of the dot-product form
+                np.minimum(nearest[e], d2, out=nearest[e])
+            np.maximum.at(novelty, owner, nearest[e])
+        novelty[chosen] = -1.0
+        best = int(np.argmax(novelty))
+        if novelty[best] <= 0:
+            break
+        chosen.append(best)
+    return chosen
+
+
 def select_equal_budget(sets: Mapping[str, Sequence[str]], n_train: int, n_test: int, pool: int,
                         symmetry_functions, folder: str) -> dict[str, dict[str, Any]]:
     """The same number of frames from every set by the same rule.
 
     For each set (name -> frame files, concatenated in order): a pool of ``pool``
     frames evenly spaced over all its frames; ``n_train`` of them by
-    farthest-point sampling of atomic environments
-    (:func:`biasserver.select.environment_fps`, from the first pool frame); then
+    farthest-point sampling of atomic environments (:func:`fps_frames`, the rule
+    of ``gmetad select --fps``, from the first pool frame); then
     ``n_test`` test frames evenly spaced among the pool frames not selected.
     Writes ``folder/<set>.train.extxyz`` and ``<set>.test.extxyz``; returns per
     set the paths, the number of frames the set had, and the chosen indices."""
-    from biasserver.select import environment_fps
-
     out = {}
     for name, paths in sets.items():
         frames: list[Atoms] = []
@@ -435,7 +481,7 @@ def select_equal_budget(sets: Mapping[str, Sequence[str]], n_train: int, n_test:
             raise ValueError(f"set {name}: {len(frames)} frames, fewer than the pool of {pool}")
         picks = np.unique(np.linspace(0, len(frames) - 1, pool).round().astype(int))
         candidates = [frames[k] for k in picks]
-        chosen = sorted(environment_fps(candidates, symmetry_functions, n_train))
+        chosen = sorted(fps_frames(candidates, symmetry_functions, n_train))
         if len(chosen) < n_train:
             raise ValueError(f"set {name}: only {len(chosen)} distinct frames for {n_train}")
         rest = [k for k in range(len(picks)) if k not in set(chosen)]

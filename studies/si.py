@@ -79,7 +79,7 @@ class SiSettings:
     t_liquid: float = 2500.0
     timestep: float = 1.0
     budget: int = 6000
-    g_runs: int = 3
+    g_runs: int = 4
     scan_steps: int = 1000
     scan_candidates: list = field(default_factory=lambda: [dict(c) for c in SCAN_CANDIDATES])
     scan_temperature_tolerance: float = 0.25
@@ -89,10 +89,10 @@ class SiSettings:
     wall_k: float = 10.0
     coverage_radius: float = 1.0
     coverage_stride: int = 20
-    pool: int = 900
+    pool: int = 1500
     train_frames: int = 300
     test_frames: int = 100
-    training: dict = field(default_factory=lambda: {"committee": 3, "epochs": 60, "seed": 0, "patience": 20})
+    training: dict = field(default_factory=lambda: {"committee": 3, "epochs": 80, "seed": 0, "patience": 20})
     properties: list | None = None
     quick_properties: bool = False
     jobs: int = 2
@@ -102,7 +102,7 @@ class SiSettings:
 
 
 QUICK_OVERRIDES: dict[str, Any] = {
-    "budget": 180, "g_runs": 3, "scan_steps": 60,
+    "budget": 180, "g_runs": 3, "scan_steps": 120,
     "scan_candidates": [dict(SCAN_CANDIDATES[0]), dict(SCAN_CANDIDATES[1])],
     "coverage_stride": 5, "pool": 60, "train_frames": 24, "test_frames": 12,
     "training": {"committee": 2, "epochs": 8, "seed": 0, "patience": 8},

@@ -95,6 +95,24 @@ def test_stability_criteria():
     assert not out["stable"] and not out["volume_bounded"] and out["volume_ratio_max"] == pytest.approx(2.0)
 
 
+def test_fps_frames_is_the_rule_of_gmetad_select():
+    from biasserver.select import environment_fps
+
+    sf = SymmetryFunctions.default(["Si"])
+    base = bulk("Si", "diamond", a=5.43, cubic=True) * (1, 1, 2)
+    frames = []
+    for k in range(24):
+        a = base.copy()
+        a.rattle(0.02 + 0.01 * (k % 7), seed=k)
+        a.set_cell(a.cell * (1 + 0.01 * (k % 3)), scale_atoms=True)
+        frames.append(a)
+    frames.append(frames[5].copy())          # an exact repeat is never chosen twice
+    assert pipeline.fps_frames(frames, sf, 12) == environment_fps(frames, sf, 12)
+    assert pipeline.fps_frames(frames, sf, 12, first=3) == environment_fps(frames, sf, 12, first=3)
+    everything = pipeline.fps_frames(frames, sf, 25)
+    assert len(everything) == 24 and not {5, 24} <= set(everything)
+
+
 # ------------------------------------------------------------------ committee members
 
 
