@@ -354,3 +354,31 @@ def test_a_killed_rank_ends_the_run_and_resume_continues_every_walker(example_ru
             assert a.info["n_hills"] == b.info["n_hills"]
         # the frames the killed run had recorded from step 20 on were set aside, not lost
         assert (out / f"walker-{r}" / "frames.after-20.extxyz").exists()
+
+
+def test_runaway_guard_holds_back_one_walkers_hills(tmp_path):
+    """bias.runaway_energy: a walker whose bias energy is above it at a deposition
+    step deposits nothing there (logged); the other walker's hills still go in."""
+    limit = 0.6 * HEIGHT
+    run_walkers(tmp_path, 2, extra_bias=f"  runaway_energy: {limit}\n")
+    records = hillsfile.read(tmp_path / "HILLS").records
+    log = (tmp_path / "server.log").read_text()
+    sf = SymmetryFunctions.default(["Pt", "H"], CUTOFF)
+    frames = [{a.info["step"]: a for a in walker_frames(tmp_path, r)} for r in range(2)]
+    held = 0
+    for step in range(STRIDE, STEPS + 1, STRIDE):
+        hills = [rec for rec in records if rec.step == step]
+        expected = []
+        for r in range(2):
+            a = frames[r][step]
+            if a.info["bias_energy"] > limit:
+                held += 1
+                assert f"walker {r} bead 0 step {step}: hills held back: bias energy" in log
+            else:
+                expected.append(sf.values(a)["H"][0])
+        assert len(hills) == len(expected)
+        for rec, g in zip(hills, expected):
+            np.testing.assert_allclose(rec.centre, g, rtol=0, atol=1e-6)
+    assert 0 < held < 2 * len(range(STRIDE, STEPS + 1, STRIDE)), "the limit held back nothing or everything"
+    check_digests = digests(log)
+    assert len(set(check_digests.values())) == 1 and len(check_digests) == 2
