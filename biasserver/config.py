@@ -33,9 +33,13 @@ to the YAML file)::
                                    # Its hills stay, new ones are appended, and step labels
                                    # go on after its last hill
       enabled: true                # false: no hills (walls stay): plain MD
+      runaway_energy: null         # eV: a walker (or bead) whose bias energy is above it at a
+                                   # deposition step deposits no hills there (logged)
+      runaway_force: null          # eV/A: the same for its largest bias force on an atom
     server:
       mode: proxy                  # proxy or bias
-      ipi: unix:gmetad             # i-PI's socket (as <ffsocket> <address>)
+      ipi: unix:gmetad             # i-PI's socket (as <ffsocket> <address>); {walker} in
+                                   # addresses and paths becomes the walker's index
       listen: unix:gmetad-ref      # proxy: where force clients connect
       allow_remote: false          # true to listen on a non-loopback address
       timeout: null                # s to wait for a reference result (null: forever,
@@ -45,8 +49,11 @@ to the YAML file)::
                                    # (frames.after-<step>.extxyz, HILLS.after-<step>)
                                    # and the run continues there (needs restart: true)
     recorder:
-      path: frames.extxyz          # null: no recording
+      path: frames.extxyz          # null: no recording; with walkers and no {walker}:
+                                   # frames.walker-<r>.extxyz
       fsync: true
+    walkers: null                  # N walkers sharing one bias (mpirun -n N gmetad serve;
+                                   # gmetad run starts N i-PI runs and drivers)
     run:                           # only for gmetad run DIR
       ipi_input: input.xml
       driver: gmetad driver emt --structure {structure} --address {address}

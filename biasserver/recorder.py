@@ -4,8 +4,9 @@ Frames hold the unbiased reference energy, forces and (when the force client sen
 a virial for a periodic cell) stress, as an ASE single-point calculator would, so
 ``ase.io.read(path, ":")`` gives atoms whose ``get_potential_energy()``,
 ``get_forces()`` and ``get_stress()`` are the reference values. ``info`` also
-carries ``bias_energy`` (eV), ``step`` (MD step), ``walker`` (the i-PI bead or
-replica index) and ``n_hills``.
+carries ``bias_energy`` (eV), ``step`` (i-PI's MD step), ``walker`` (the walker's
+index in a walkers job, 0 alone), ``bead`` (the path-integral bead, 0 without
+beads) and ``n_hills``.
 
 Appends are crash-safe: each frame is written with one ``write`` call on an
 ``O_APPEND`` descriptor and flushed (and fsync'ed unless disabled); on opening,

@@ -37,8 +37,10 @@ r ... exited on signal 9"). A walkers job restarts from i-PI checkpoints taken
 at one step S by every walker (``server.ipi_restart``; ``gmetad run --resume``
 picks the newest step all walkers have): each rank sets aside its frames of
 steps >= S, rank 0 the hill records of steps >= S, and the other ranks reload
-the hills file. A walker whose i-PI finishes keeps taking part in the exchanges
-(with no hills) until every walker has finished.
+the hills file. A server restarted alone while its i-PI runs on is refused for
+walkers (their steps are tied together by the exchange). A walker whose i-PI
+finishes keeps taking part in the exchanges (with no hills) until every walker
+has finished.
 
 **Runaway walkers.** ``bias.runaway_energy`` (eV) and ``bias.runaway_force``
 (eV/A): a walker (or bead) whose bias energy, or largest bias force on one atom,
