@@ -497,6 +497,46 @@ def select_equal_budget(sets: Mapping[str, Sequence[str]], n_train: int, n_test:
     return out
 
 
+def environment_gaps(train_sets: Mapping[str, str], probes: Mapping[str, Atoms], symmetry_functions,
+                     radius: float = 1.0) -> dict[str, Any]:
+    """How far the atoms of test structures lie from every training set's environments.
+
+    train_sets: set name -> extxyz of its training frames; probes: label -> a
+    structure (e.g. an unrelaxed surface slab or defect cell). G is standardised
+    per element with the mean and std of all training sets together (one scale
+    for every set); for each probe and set: the largest and the median distance of
+    the probe's atoms to their nearest training environment, and the fraction of
+    its atoms farther than ``radius`` (dimensionless). Returns {"probes": {label:
+    {set: {...}}}, "radius": radius, "scale": "pooled std of the training sets"}."""
+    envs = {name: {e: [] for e in symmetry_functions.elements} for name in train_sets}
+    for name, path in train_sets.items():
+        for atoms in read(path, ":", format="extxyz"):
+            for e, g in symmetry_functions.values(atoms).items():
+                envs[name][e].append(g)
+    stacked = {name: {e: np.concatenate(v) for e, v in per.items() if v} for name, per in envs.items()}
+    pooled = {e: np.concatenate([stacked[n][e] for n in stacked if e in stacked[n]])
+              for e in symmetry_functions.elements}
+    mean = {e: g.mean(axis=0) for e, g in pooled.items()}
+    std = {e: np.where(g.std(axis=0) > 0, g.std(axis=0), 1.0) for e, g in pooled.items()}
+    out: dict[str, Any] = {}
+    for label, atoms in probes.items():
+        values = symmetry_functions.values(atoms)
+        out[label] = {}
+        for name, per in stacked.items():
+            d_all = []
+            for e, g in values.items():
+                if e not in per or not len(g):
+                    continue
+                x = (g - mean[e]) / std[e]
+                t = (per[e] - mean[e]) / std[e]
+                d2 = (x * x).sum(1)[:, None] + (t * t).sum(1)[None, :] - 2.0 * x @ t.T
+                d_all.append(np.sqrt(np.maximum(d2.min(axis=1), 0.0)))
+            d = np.concatenate(d_all)
+            out[label][name] = {"max": float(d.max()), "median": float(np.median(d)),
+                                "far_fraction": float((d > radius).mean()), "atoms": int(len(d))}
+    return {"probes": out, "radius": radius, "scale": "pooled std of the training sets"}
+
+
 # ------------------------------------------------------------------ training and tests
 
 

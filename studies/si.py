@@ -338,6 +338,13 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
     results["properties"] = p.stage("properties", {"quick": s.quick_properties, "keys": keys, "truth": truth},
                                     properties, depends=["train"])
 
+    def gaps(folder, resume):
+        a0 = results["properties"]["truth"]["a0"]["mean"] or 5.431
+        return pipeline.environment_gaps({n: _abs(p, v["train"]) for n, v in selection.items()},
+                                         probe_structures(a0), sf, s.coverage_radius)
+
+    results["gaps"] = p.stage("gaps", {"radius": s.coverage_radius}, gaps, depends=["select", "properties"])
+
     results["stage_seconds"] = p.timings()
     results["wall_seconds_this_invocation"] = time.monotonic() - p.started
     results["ratios"] = ratios(results["properties"])
@@ -358,10 +365,37 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
 
     # the report always reflects the stages above: its key is theirs
     rep = p.stage("report", {"version": 1}, report,
-                  depends=["scan", "coverage", "select", "train", "cross", "properties"])
+                  depends=["scan", "coverage", "select", "train", "cross", "properties", "gaps"])
     results["report"] = rep
     p.say(f"Si study finished: {p.path(rep['json'])}, {p.path(rep['summary'])}")
     return results
+
+
+def probe_structures(a0: float) -> dict[str, Any]:
+    """Unrelaxed structures of the test properties' environments, at lattice constant
+    ``a0`` (A): the perfect crystal (control), bulk-terminated (100) and (111) slabs
+    (10 A of vacuum), a vacancy and a tetrahedral interstitial in Si64, and the
+    framework's Sigma3 (112) grain boundary and (111) 3x3 DAS slab."""
+    from ase import Atom
+    from ase.build import diamond100, diamond111
+    from ase.io import read
+
+    from .si_properties import DATA_DIR
+
+    cube = ase_bulk("Si", "diamond", a=a0, cubic=True) * (2, 2, 2)
+    vacancy = cube.copy()
+    del vacancy[0]
+    tetrahedral = cube.copy()
+    tetrahedral.append(Atom("Si", (0.5 * a0, 0.5 * a0, 0.5 * a0)))
+    probes = {"bulk": cube, "vacancy": vacancy, "interstitial_T": tetrahedral,
+              "surface_100": diamond100("Si", (2, 2, 8), a=a0, vacuum=10.0),
+              "surface_111": diamond111("Si", (2, 2, 8), a=a0, vacuum=10.0),
+              "gb_sigma3_112": read(DATA_DIR / "gb_sigma3_112.xyz", format="extxyz"),
+              "das_3x3": read(DATA_DIR / "si111_3x3_das_8layer.xyz", format="extxyz")}
+    for atoms in probes.values():
+        atoms.pbc = True           # slabs: periodic with vacuum wider than the cutoff
+        atoms.set_constraint()
+    return probes
 
 
 def ratios(props: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -475,5 +509,14 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
         ref = SW_REFERENCE.get(key)
         lines.append(f"| {key} | {UNITS[key]} | {t if t is None else f'{t:.4g}'} | {ref if ref is not None else '-'} | "
                      + " | ".join(fmt(props[f'NNP-{n}'][key], t) for n in ("L", "H", "G")) + " |")
+    if "gaps" in results:
+        g = results["gaps"]
+        sets = list(next(iter(g["probes"].values())))
+        lines += ["", f"## Distance of test-structure atoms to each training set (largest; fraction beyond "
+                      f"{g['radius']}, {g['scale']})", "",
+                  "| structure | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+        for label, row in g["probes"].items():
+            lines.append(f"| {label} | " + " | ".join(f"{row[n]['max']:.2f} ({row[n]['far_fraction']:.0%})"
+                                                      for n in sets) + " |")
     lines += ["", "Stage wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stage_seconds"].items()), ""]
     return "\n".join(lines)

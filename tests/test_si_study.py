@@ -113,6 +113,26 @@ def test_fps_frames_is_the_rule_of_gmetad_select():
     assert len(everything) == 24 and not {5, 24} <= set(everything)
 
 
+def test_environment_gaps(tmp_path):
+    from ase.io import write
+
+    sf = SymmetryFunctions.default(["Si"])
+    crystal = bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
+    hot = crystal.copy()
+    hot.rattle(0.1, seed=2)
+    write(tmp_path / "a.extxyz", [crystal, hot])
+    write(tmp_path / "b.extxyz", [hot])
+    vacancy = crystal.copy()
+    del vacancy[0]
+    out = pipeline.environment_gaps({"a": str(tmp_path / "a.extxyz"), "b": str(tmp_path / "b.extxyz")},
+                                    {"crystal": crystal, "vacancy": vacancy}, sf, radius=1.0)
+    probes = out["probes"]
+    assert probes["crystal"]["a"]["max"] == pytest.approx(0.0, abs=1e-5)    # in set a exactly
+    assert probes["crystal"]["b"]["max"] > 0.1
+    assert probes["vacancy"]["a"]["max"] > probes["crystal"]["a"]["max"]
+    assert probes["vacancy"]["a"]["atoms"] == 63 and 0 <= probes["vacancy"]["a"]["far_fraction"] <= 1
+
+
 # ------------------------------------------------------------------ committee members
 
 
@@ -232,14 +252,20 @@ def test_si_study_toy_end_to_end_killed_resumed_and_invalidated(tmp_path):
         assert os.path.getsize(workdir / results["figures"][fig]) > 1000
     cov = results["coverage"]
     assert all(c["centres"] == sorted(c["centres"]) and c["centres"][-1] > 0 for c in cov.values())
-    assert "| surface_110 |" in open(workdir / "report" / "si-summary.md").read()
+    summary = open(workdir / "report" / "si-summary.md").read()
+    assert "| surface_110 |" in summary and "| surface_111 |" in summary
+    gaps = results["gaps"]["probes"]
+    assert set(gaps) == {"bulk", "vacancy", "interstitial_T", "surface_100", "surface_111", "gb_sigma3_112",
+                         "das_3x3"}
+    # a bulk-terminated surface lies farther from the bulk MD of L than the crystal does
+    assert gaps["surface_111"]["L"]["max"] > gaps["bulk"]["L"]["max"]
 
     # 3. another property list: only the property evaluation and the report are redone
     settings_path.write_text(yaml.safe_dump({**TOY, "properties": ["a0", "cohesive_energy"]}))
     before = open(log_path).read()
     _reproduce(workdir, settings_path)
     third = open(log_path).read()[len(before):]
-    assert _ran(third) == ["properties", "report"]
+    assert _ran(third) == ["properties", "gaps", "report"]
     assert "train: done earlier" in third
     results = json.load(open(workdir / "report" / "si-results.json"))
     assert list(results["properties"]["truth"]) == ["a0", "cohesive_energy"]
