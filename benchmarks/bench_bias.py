@@ -329,6 +329,8 @@ def parse_args(argv=None):
                              "(symmetry functions on each code path), deposition, "
                              "tables (the timing, memory and pruning tables), long (long-run table)")
     parser.add_argument("--kernel-repeats", type=int, default=7, help="interleaved repeats of the before/after timings")
+    parser.add_argument("--deposition-repeats", type=int, default=40,
+                        help="consecutive depositions timed per size (median, 90th percentile, largest)")
     parser.add_argument("--long-run", default=os.path.join(ROOT, "benchmarks", ".cache", "long_run"),
                         help="folder of benchmarks/long_run.py's runs")
     parser.add_argument("--coverage-radius", type=float, default=1.0,
@@ -431,10 +433,11 @@ def main(argv=None):
         import bench_sections
         print(f"## Cost of a deposition ({n_q} adaptive hills added, blocks ready for the next evaluation)")
         print()
+        repeats = args.deposition_repeats
         bench_sections.deposition_cost(centres_all, heights_all, metrics_all,
-                                       [n for n in (1_000, 10_000) if n + 5 * n_q <= len(heights_all)]
-                                       + [len(heights_all) - 5 * n_q],
-                                       n_q)
+                                       [n for n in (1_000, 10_000) if n + repeats * n_q <= len(heights_all)]
+                                       + [len(heights_all) - repeats * n_q],
+                                       n_q, repeats)
     if "long" in sections and os.path.isdir(args.long_run):
         import bench_sections
         print("## Long runs: Si64 SW G-metaD, h = 1 meV, sigma = 1 A, stride 20 (benchmarks/long_run.py)")

@@ -33,12 +33,14 @@ int gm_gaussian_sum(int n_query, int dim, const double *query, int n_hills,
 """
 
 
-def load():
-    """(ffi, lib) of the old kernel, compiled on first use."""
+def load(baseline: bool = False):
+    """(ffi, lib) of the old kernel, compiled on first use. baseline=True: built
+    without its AVX2 clone (-DGM_BASELINE_ONLY), the code a CPU without AVX2 ran."""
     if BUILD not in sys.path:
         sys.path.insert(0, BUILD)
+    name = MODULE + ("_baseline" if baseline else "")
     try:
-        module = importlib.import_module(MODULE)
+        module = importlib.import_module(name)
     except ImportError:
         sys.path.insert(0, os.path.join(os.path.dirname(HERE), "ckernels"))
         from build import _openmp_flags
@@ -47,13 +49,14 @@ def load():
         builder = FFI()
         builder.cdef(CDEF)
         omp = _openmp_flags()
-        builder.set_source(MODULE, CDEF, sources=[SOURCE],
-                           extra_compile_args=["-O3", "-std=c99", "-D_DEFAULT_SOURCE"] + omp,
+        builder.set_source(name, CDEF, sources=[SOURCE],
+                           extra_compile_args=["-O3", "-std=c99", "-D_DEFAULT_SOURCE"] + omp
+                           + (["-DGM_BASELINE_ONLY"] if baseline else []),
                            extra_link_args=omp, libraries=["m"])
         os.makedirs(BUILD, exist_ok=True)
         builder.compile(tmpdir=BUILD)
         importlib.invalidate_caches()
-        module = importlib.import_module(MODULE)
+        module = importlib.import_module(name)
     return module.ffi, module.lib
 
 
@@ -68,12 +71,12 @@ def contiguous_blocks(blocks):
 
 
 def gaussian_sum(query, centres, heights, inv_cov=None, inv_var=None, min_eig=None, blocks=None,
-                 q_cut=0.0, gradient=True, old_blocks=None):
+                 q_cut=0.0, gradient=True, old_blocks=None, baseline=False):
     """V, dV/dg and the number of pairs evaluated, with the old kernel (arguments as
     biasserver.kernels.gaussian_sum; blocks in the current kernel's form, or
     old_blocks: :func:`contiguous_blocks` of them, converted beforehand so that a
-    timing measures the kernel alone)."""
-    ffi, lib = load()
+    timing measures the kernel alone); baseline: the build without AVX2 clone."""
+    ffi, lib = load(baseline)
     f64 = lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
     ptr = lambda t, a: ffi.NULL if a is None else ffi.cast(t, ffi.from_buffer(a))     # noqa: E731
     query, centres, heights = f64(query), f64(centres), f64(heights)

@@ -136,13 +136,62 @@ DEFINE_TILE(4)
 DEFINE_TILE(6)
 #endif
 
+#if !WIDE_TILES
+/* The baseline build (SSE2: half-width registers, no FMA) instead reads d = g - mu
+ * from a buffer dt formed once per hill: on the fly, its subtractions would cost a
+ * third as many instructions as the product itself. Same sums, same order. */
+#define DEFINE_TILE_D(R)                                                                   \
+    static inline void tiled##R(int dim, int r0, int j, int ld, const double *a,          \
+                                const double *dt, double *y, double *q) {                  \
+        v4d c[R][2];                                                                       \
+        for (int t = 0; t < R; t++) c[t][0] = c[t][1] = bcast(0.0);                        \
+        for (int k = 0; k < dim; k++) {                                                    \
+            const double *d = dt + (size_t)k * ld + j;                                     \
+            const double *ak = a + (size_t)k * dim + r0;                                   \
+            const v4d d0 = load4(d), d1 = load4(d + 4);                                    \
+            for (int t = 0; t < R; t++) {                                                  \
+                const v4d b = bcast(ak[t]);                                                \
+                c[t][0] = VFMA(b, d0, c[t][0]);                                            \
+                c[t][1] = VFMA(b, d1, c[t][1]);                                            \
+            }                                                                              \
+        }                                                                                  \
+        v4d q0 = load4(q + j), q1 = load4(q + j + 4);                                      \
+        for (int t = 0; t < R; t++) {                                                      \
+            double *yr = y + (size_t)(r0 + t) * ld + j;                                    \
+            const double *d = dt + (size_t)(r0 + t) * ld + j;                              \
+            store4(yr, c[t][0]);                                                           \
+            store4(yr + 4, c[t][1]);                                                       \
+            q0 = VFMA(c[t][0], load4(d), q0);                                              \
+            q1 = VFMA(c[t][1], load4(d + 4), q1);                                          \
+        }                                                                                  \
+        store4(q + j, q0);                                                                 \
+        store4(q + j + 4, q1);                                                             \
+    }
+DEFINE_TILE_D(1)
+DEFINE_TILE_D(2)
+#endif
+
 /* y = A (g - mu) (dim x m, row stride ld; g: the transposed queries gq) and
  * q[j] = sum_r y[r][j] (g - mu)[r][j] (r ascending, from 0.0), for m a multiple of
- * JT. Row tiles of 6 and 4 rows with FMA (16 and 12 of the 16 AVX registers), of
- * 2 rows otherwise (SSE2 has 16 half-width ones). */
+ * JT. Row tiles of 6 and 4 rows with FMA (16 and 12 of the 16 AVX registers); in
+ * the baseline build, of 2 rows from the buffer dt (8 of the 16 half-width SSE2
+ * registers hold the tile; 3 rows spill and are slower). */
 static void quadratic_forms(int dim, int m, int ld, const double *a, const double *mu,
-                            const double *gq, double *y, double *q, const char *next) {
+                            const double *gq, double *y, double *q, const char *next, double *dt) {
     for (int j = 0; j < m; j++) q[j] = 0.0;
+#if !WIDE_TILES
+    for (int k = 0; k < dim; k++) {
+        const v4d mk = bcast(mu[k]);
+        for (int j = 0; j < m; j += 4) store4(dt + (size_t)k * ld + j, load4(gq + (size_t)k * ld + j) - mk);
+    }
+    (void)next;
+    int r = 0;
+    for (; r + 2 <= dim; r += 2)
+        for (int j = 0; j < m; j += JT) tiled2(dim, r, j, ld, a, dt, y, q);
+    for (; r < dim; r++)
+        for (int j = 0; j < m; j += JT) tiled1(dim, r, j, ld, a, dt, y, q);
+#else
+    (void)dt;
     /* the next hill's metric (hills come in block order, scattered in memory) is
      * fetched a few cache lines per tile, spread over this hill's product */
     const size_t next_bytes = next ? sizeof(double) * (size_t)dim * dim : 0;
@@ -155,19 +204,18 @@ static void quadratic_forms(int dim, int m, int ld, const double *a, const doubl
         pf += 192;                                                                  \
     }
     int r = 0;
-#if WIDE_TILES
     int n6 = dim / 6, rest = dim % 6;
     if (rest == 2 && n6 > 0) { n6--; rest += 6; } /* 26 = 6 + 6 + 6 + 4 + 4 */
     for (int b = 0; b < n6; b++, r += 6)
         for (int j = 0; j < m; j += JT) { PREFETCH_NEXT() tile6(dim, r, j, ld, a, mu, gq, y, q); }
     for (; r + 4 <= dim; r += 4)
         for (int j = 0; j < m; j += JT) { PREFETCH_NEXT() tile4(dim, r, j, ld, a, mu, gq, y, q); }
-#endif
     for (; r + 2 <= dim; r += 2)
         for (int j = 0; j < m; j += JT) { PREFETCH_NEXT() tile2(dim, r, j, ld, a, mu, gq, y, q); }
     for (; r < dim; r++)
         for (int j = 0; j < m; j += JT) { PREFETCH_NEXT() tile1(dim, r, j, ld, a, mu, gq, y, q); }
 #undef PREFETCH_NEXT
+#endif
 }
 
 /* d2[j] = |g_j - mu|^2 (k ascending, from 0.0) for the columns j0 <= j < j1 of the
@@ -279,6 +327,7 @@ typedef struct {
     double *qt;    /* dim x ld: the chunk's queries, transposed */
     double *gq;    /* dim x ld: the block's live queries, transposed */
     double *y;     /* dim x ld: A (g - mu) */
+    double *dt;    /* dim x ld: g - mu (baseline build only) */
     double *bg;    /* dim x ld: the block's gradient accumulators */
     double *gt;    /* dim x ld: the chunk's gradient accumulators, by chunk position */
     double *q, *w, *d2, *bv, *v, *near_q, *bd; /* ld each */
@@ -417,7 +466,7 @@ static long sum_chunk(int dim, int nq, const double *query, int n_hills,
                     next = (const char *)(inv_cov + (size_t)s1 * dim * dim);
                 }
                 if (per_hill) squared_distances(dim, 0, m, ld, mu, gq, w->d2);
-                quadratic_forms(dim, m, ld, inv_cov + (size_t)s * dim * dim, mu, gq, w->y, w->q, next);
+                quadratic_forms(dim, m, ld, inv_cov + (size_t)s * dim * dim, mu, gq, w->y, w->q, next, w->dt);
                 for (int j = 0; j < m; j += 4) store4(w->w + j, h * gm_vexp(half * load4(w->q + j)));
                 if (per_hill)
                     for (int l = 0; l < n_live; l++)
@@ -515,7 +564,7 @@ int GM_CAT(gm_gaussian_sum, GM_VARIANT)(
         memset(&w, 0, sizeof w);
         const int ld = (chunk + JT - 1) / JT * JT;
         w.ld = ld;
-        double *buf = malloc(sizeof(double) * ((size_t)5 * dim * ld + (7 + ISUB) * (size_t)ld));
+        double *buf = malloc(sizeof(double) * ((size_t)6 * dim * ld + (7 + ISUB) * (size_t)ld));
         int *ibuf = malloc(sizeof(int) * 2 * (size_t)ld + (size_t)ISUB * ld / 4);
         if (buf && ibuf) {
             w.gq = buf;
@@ -531,6 +580,7 @@ int GM_CAT(gm_gaussian_sum, GM_VARIANT)(
             w.bd = w.near_q + ld;
             w.f = w.bd + ld;
             w.qt = w.f + (size_t)ISUB * ld;
+            w.dt = w.qt + (size_t)dim * ld;
             w.live = ibuf;
             w.near_i = ibuf + ld;
             w.on = (unsigned char *)(ibuf + 2 * (size_t)ld);

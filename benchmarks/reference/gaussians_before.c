@@ -2,7 +2,8 @@
  * fdfa6fc, unchanged but for this comment and the header lines below), kept so that
  * benchmarks/bench_bias.py can time it against the current kernel in the same run.
  * Built by benchmarks/reference_kernel.py into a benchmark-only cffi module; not part
- * of the package. */
+ * of the package. Built with -DGM_BASELINE_ONLY (the one other change), it has no AVX2
+ * clone: what a CPU without AVX2 ran. */
 /* Sums of Gaussian hills in symmetry-function space, with rigorous pruning.
  * See gmetad.h for the contract.
  *
@@ -37,7 +38,8 @@ int gm_gaussian_sum(int n_query, int dim, const double *query, int n_hills,
 /* Queries per chunk: scratch is about 3 * dim * QCHUNK doubles per thread. */
 #define QCHUNK 64
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(GM_BASELINE_ONLY)
 /* AVX2 clone chosen at load time when the CPU has it. Without FMA contraction
  * (-std=c99 implies -ffp-contract=off) it rounds exactly as the default clone. */
 #define GM_CLONES __attribute__((target_clones("avx2", "default")))
