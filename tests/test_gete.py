@@ -204,3 +204,21 @@ def test_analyse_writes_energies_order_coverage_and_figures(tmp_path):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="coverage reference run 'none'"):
         analyse(runs, str(tmp_path / "out2"), reference="none")
+
+
+def test_msd_unwraps_periodic_jumps_and_removes_drift():
+    from studies.gete_analysis import msd_series
+
+    start = rock_salt(1)
+    frames = [start.copy() for _ in range(3)]
+    frames[1].positions += 0.3                       # a rigid drift: no displacement
+    frames[2].positions[0, 0] += 0.5                 # one Ge moves by 0.5 A ...
+    frames[2].positions[0, 0] += start.cell[0, 0]    # ... and is written a cell away
+    msd = msd_series(frames)
+    np.testing.assert_allclose(msd["Ge"][:2], 0.0, atol=1e-24)
+    masses = start.get_masses()
+    com = masses[0] * 0.5 / masses.sum()             # the centre of mass follows the move
+    ge = np.array(start.get_chemical_symbols()) == "Ge"
+    expected_ge = ((0.5 - com) ** 2 + (ge.sum() - 1) * com**2) / ge.sum()
+    assert msd["Ge"][2] == pytest.approx(expected_ge, rel=1e-12)
+    assert msd["Te"][2] == pytest.approx(com**2, rel=1e-12)
