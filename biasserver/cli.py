@@ -9,6 +9,7 @@
     gmetad train FRAMES... -o M  train a neural-network potential (package nnp)
     gmetad test MODEL FRAMES...  a potential's errors on reference frames
     gmetad reproduce si          the Si study of the paper's Fig. 4 (package studies)
+    gmetad reproduce gete        the GeTe study of the paper's Fig. 3 (CHGNet reference)
 """
 from __future__ import annotations
 
