@@ -222,3 +222,10 @@ def test_msd_unwraps_periodic_jumps_and_removes_drift():
     expected_ge = ((0.5 - com) ** 2 + (ge.sum() - 1) * com**2) / ge.sum()
     assert msd["Ge"][2] == pytest.approx(expected_ge, rel=1e-12)
     assert msd["Te"][2] == pytest.approx(com**2, rel=1e-12)
+
+
+def test_reproduce_gete_refuses_the_si_options(capsys):
+    from biasserver.cli import main
+
+    assert main(["reproduce", "gete", "--jobs", "2", "--workdir", "unused"]) == 2
+    assert "--truth, --settings and --jobs are for si" in capsys.readouterr().err
