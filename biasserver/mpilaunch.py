@@ -2,7 +2,7 @@
 
 Open MPI refuses to run as root and to start more ranks than there are cores
 unless told; a walkers job of a few DFT walkers on a laptop, or CI running as
-root, needs both. The environment variables below are Open MPI's own switches
+root, needs both. Blocked ranks are also told to yield their core. The environment variables below are Open MPI's own switches
 for that (ignored by other MPI implementations, whose ``mpiexec`` allows both).
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ OPEN_MPI_PERMISSIVE = {
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
     "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    # a rank blocked in MPI yields its core (walkers share nodes with force engines)
+    "OMPI_MCA_mpi_yield_when_idle": "1",
 }
 
 

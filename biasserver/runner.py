@@ -345,7 +345,7 @@ def run_example(directory: str, steps: int | None = None, only: str | None = Non
         continued = resume and os.path.exists(os.path.join(outdir, "gmetad.yaml"))
         # a resumed run keeps its own length unless --steps says otherwise
         kind = Run
-        if (config.walkers or 1) > 1:   # N i-PI runs, N drivers, one MPI job of servers
+        if config.walkers is not None:   # N i-PI runs, N drivers, one MPI job of servers
             from .walkerrun import WalkerRun as kind
         run = kind(config, variant, outdir, steps if continued else steps or config.run.steps, resume=continued)
         if run.complete:

@@ -26,8 +26,9 @@ hills of step s act from step s + 1 on, on every walker.
 
 Simple and deterministic, at a price: a slow walker holds the others at each
 deposition step. Waiting walkers sleep (a non-blocking barrier polled with a
-back-off of at most 2 ms), they do not spin, so on a shared node they leave the
-cores to the walkers still computing.
+back-off of at most 2 ms, after 2 ms of polling that yields the core), they do
+not spin, so on a shared node they leave the cores to the walkers still
+computing.
 
 **Faults.** A walker whose force client dies waits for the next client as a
 single server does; the others wait at the next deposition step and nothing is
@@ -68,6 +69,8 @@ log = logging.getLogger("gmetad.walkers")
 LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
 #: longest sleep between two polls of a waiting walker, s
 MAX_POLL_SECONDS = 2e-3
+#: how long a waiting walker polls without sleeping first (yielding its core), s
+SPIN_SECONDS = 2e-3
 #: the placeholder for the walker index in addresses and paths
 PLACEHOLDER = "{walker}"
 
@@ -97,6 +100,8 @@ class WalkerGroup:
         self.exchanges = 0
         self.exchange_seconds = 0.0
         self.wait_seconds = 0.0
+        #: of exchange_seconds: applying (rank 0) or replaying (the others) the hills, s
+        self.apply_seconds = 0.0
 
     @classmethod
     def from_environment(cls) -> "WalkerGroup | None":
@@ -119,11 +124,26 @@ class WalkerGroup:
         """Return when every rank has called this (a barrier that sleeps, not spins)."""
         start = time.perf_counter()
         request = self.comm.Ibarrier()
+        # a short spin first, yielding the core to anything runnable: walkers that
+        # arrive together pass without the latency of a sleep
+        while not request.Test():
+            if time.perf_counter() - start > SPIN_SECONDS:
+                break
+            os.sched_yield()
+        else:
+            self.wait_seconds += time.perf_counter() - start
+            return
         delay = 2e-5
         while not request.Test():
             time.sleep(delay)
             delay = min(2 * delay, MAX_POLL_SECONDS)
         self.wait_seconds += time.perf_counter() - start
+
+    def _sleep_until_all_here(self) -> None:
+        """:meth:`wait_for_all` inside an exchange (its waiting is exchange time)."""
+        waited = self.wait_seconds
+        self.wait_for_all()
+        self.wait_seconds = waited
 
     def allgather(self, value):
         """Every rank's ``value``, in rank order (after a sleeping barrier)."""
@@ -147,12 +167,19 @@ class WalkerGroup:
         gathered = self.comm.gather((step, list(candidates), done), root=0)
         payload = None
         if self.rank == 0:
+            applying = time.perf_counter()
             payload = self._apply_gathered(bias, gathered)
+            self.apply_seconds += time.perf_counter() - applying
+        # the others sleep while rank 0 applies the hills (a blocking broadcast would
+        # spin and take the core rank 0 needs on a crowded node)
+        self._sleep_until_all_here()
         records, all_done, error = self.comm.bcast(payload, root=0)
         if error:
             raise WalkerError(error)
         if self.rank != 0:
+            applying = time.perf_counter()
             bias.apply_records(records, where=f"hill records of step {step} from walker 0")
+            self.apply_seconds += time.perf_counter() - applying
         self.exchanges += 1
         self.exchange_seconds += time.perf_counter() - start
         return all_done
