@@ -43,7 +43,9 @@ def flops_per_pair(dim: int, adaptive: bool) -> int:
 def kernel_ratios(sets, queries, repeats: int, threads_context, dgemm: float) -> None:
     """The current kernel (both code paths) against the previous one on the same
     hills, interleaved so that load on the machine hits all alike. sets: list of
-    (label, HillSet). Ratios are medians over the repeats of new/old CPU time."""
+    (label, HillSet). Ratios are medians over the repeats of new/old CPU time. The
+    previous kernel runs as a CPU with AVX2 ran it (its AVX2 clone) and as one
+    without AVX2 did (built without the clone), the fair reference of the SSE2 path."""
     paths = [p for p in ("avx2", "sse2") if kernels.isa_available(p)]
     rows = []
     for label, hills in sets:
@@ -51,13 +53,17 @@ def kernel_ratios(sets, queries, repeats: int, threads_context, dgemm: float) ->
         # the old kernel's block layout, converted once (not part of its time)
         old_blocks = None if args["blocks"] is None else reference_kernel.contiguous_blocks(args["blocks"])
         old = lambda: reference_kernel.gaussian_sum(queries, **args, old_blocks=old_blocks)  # noqa: E731
+        old_base = lambda: reference_kernel.gaussian_sum(queries, **args, old_blocks=old_blocks,  # noqa: E731
+                                                         baseline=True)
         new = lambda: kernels.gaussian_sum(queries, **args)                   # noqa: E731
-        times = {"old": []} | {p: [] for p in paths}
+        times = {"old": [], "old_base": []} | {p: [] for p in paths}
         results = {}
         with threads_context(1):
             for _ in range(repeats):
                 t, results["old"] = cpu_time(old)
                 times["old"].append(t)
+                t, results["old_base"] = cpu_time(old_base)
+                times["old_base"].append(t)
                 for p in paths:
                     kernels.set_isa(p)
                     t, results[p] = cpu_time(new)
@@ -84,6 +90,9 @@ def kernel_ratios(sets, queries, repeats: int, threads_context, dgemm: float) ->
         for p in paths:
             ratio = statistics.median(a / b for a, b in zip(times[p], times["old"]))
             row += [f"{min(times[p]) * 1e3:.3g}", f"{ratio:.2f}"]
+        if "sse2" in paths:
+            ratio = statistics.median(a / b for a, b in zip(times["sse2"], times["old_base"]))
+            row += [f"{min(times['old_base']) * 1e3:.3g}", f"{ratio:.2f}"]
         best_new = min(times[paths[0]])
         row += [f"{flops / min(times['old']) / 1e9:.1f} → {flops / best_new / 1e9:.1f}",
                 f"{flops / best_new / 1e9 / dgemm:.0%}",
@@ -92,6 +101,8 @@ def kernel_ratios(sets, queries, repeats: int, threads_context, dgemm: float) ->
     headers = ["hills", "evaluated", "before, 1 thr CPU (ms)"]
     for p in paths:
         headers += [f"now {p}, 1 thr CPU (ms)", f"now {p} / before (median)"]
+    if "sse2" in paths:
+        headers += ["before, built without AVX2 clone (ms)", "now sse2 / that (median)"]
     headers += ["GFLOP/s before → now", "now / DGEMM", "2 thr wall (ms) before → now"]
     print("| " + " | ".join(headers) + " |")
     print("|" + "|".join("---" for _ in headers) + "|")
