@@ -152,6 +152,15 @@ def test_stress_is_read_from_ase_recorder_and_virial_keys(tmp_path):
     assert list(read.has_stress) == [True, False]
     np.testing.assert_allclose(read.stress[0], frames[0].get_stress(voigt=False), rtol=0, atol=1e-12)
     assert not read_frames(tmp_path / "slab.extxyz").has_stress.any()
+    # training on both: the periodic frame with a stress contributes to the stress term, the others not
+    mixed = load_config(None, epochs=1, validation_fraction=0.0, stress_weight=1e-3, cache_dir=str(tmp_path / "c"))
+    progress = io.StringIO()
+    model = train([str(recorded), str(tmp_path / "slab.extxyz")], str(tmp_path / "mixed.pt"), mixed,
+                  stream=progress, plot=False)
+    assert "3 frames from 2 file(s)); 1 frames with stress" in progress.getvalue()
+    assert [f["frames_with_stress"] for f in model.provenance["files"]] == [1, 0]
+    assert float(Path(output_paths(str(tmp_path / "mixed.pt"))["log"]).read_text().splitlines()[1]
+                 .split(",")[-2]) > 0      # the training stress RMSE of the one frame
     # another tool's virial in eV (3x3 in info) under a named key
     other = []
     for atoms in frames:
