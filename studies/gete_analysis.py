@@ -277,7 +277,9 @@ def analyse(runs: Mapping[str, str], output: str, reference: str = "plain", stri
 def _draw_atoms(ax, atoms: Atoms, title: str) -> None:
     from ase.visualize.plot import plot_atoms
 
-    plot_atoms(atoms, ax, rotation="15x,-20y,0z", radii=0.6)
+    shown = atoms.copy()
+    shown.wrap()              # i-PI's positions are not wrapped into the cell
+    plot_atoms(shown, ax, rotation="15x,-20y,0z", radii=0.6)
     ax.set_title(title, fontsize=8)
     ax.set_axis_off()
 
@@ -347,7 +349,7 @@ def plot(data: Mapping[str, Any], snapshots: Mapping[str, Sequence[Atoms]], path
             if c < len(snapshots[name]):
                 shot = runs[name]["snapshots"][c]
                 _draw_atoms(ax, snapshots[name][c],
-                            f"{name} {shot['time_ps']:.2f} ps, {1000 * runs[name]['energy_rel'][shot['frame']]:.0f} meV")
+                            f"{name} {shot['time_ps']:.2f} ps, {1000 * runs[name]['energy_rel'][shot['frame']] + 0:+.0f} meV/atom")
             else:
                 ax.set_axis_off()
     fig.tight_layout()
