@@ -5,8 +5,12 @@ evaluations (MD steps, every one a truth call through ``gmetad driver``):
 
 - **L**: plain MD at the low temperature (one run, NVT at the crystal's a0);
 - **H**: plain MD at a high temperature: one run of the crystal at ``T_high``
-  and one that starts above melting (``T_liquid``, from the crystal: it melts
-  within about a picosecond), half the budget each;
+  and one of the liquid at ``T_liquid`` (above melting), half the budget each.
+  The liquid run starts from random positions at the crystal's density (no two
+  atoms closer than ``liquid_min_distance``): a perfect crystal superheats (Si64
+  SW at 2500 K, 3 ps: still four-coordinated everywhere), a random start is a
+  liquid from the first steps, and no reference evaluation outside the budget is
+  spent on melting;
 - **G**: G-metaD at the low temperature, NPT (i-PI's flexible cell: shape and
   volume may change, as in the method's own runs), a lower wall on interatomic
   distances (no two atoms closer than ``wall_distance``: stops a collapse, leaves
@@ -76,10 +80,11 @@ class SiSettings:
     supercell: int = 2                      # cubic 8-atom cells per edge: 2 -> Si64
     t_low: float = 300.0
     t_high: float = 1500.0
-    t_liquid: float = 2500.0
+    t_liquid: float = 2000.0
+    liquid_min_distance: float = 2.1
     timestep: float = 1.0
     budget: int = 6000
-    g_runs: int = 4
+    g_runs: int = 6
     scan_steps: int = 1000
     scan_candidates: list = field(default_factory=lambda: [dict(c) for c in SCAN_CANDIDATES])
     scan_temperature_tolerance: float = 0.25
@@ -152,6 +157,30 @@ def crystal(s: SiSettings):
     return ase_bulk("Si", "diamond", a=5.431, cubic=True) * ((s.supercell,) * 3)
 
 
+def random_start(s: SiSettings, seed: int = 7):
+    """The crystal's cell filled with the same number of atoms at random positions,
+    no two closer than ``s.liquid_min_distance`` (A, minimum image); seeded."""
+    from ase.geometry import get_distances
+
+    atoms = crystal(s)
+    rng = np.random.default_rng(seed)
+    cell = atoms.cell.array
+    placed: list[np.ndarray] = []
+    tries = 0
+    while len(placed) < len(atoms):
+        tries += 1
+        if tries > 200000:
+            raise RuntimeError(f"cannot place {len(atoms)} atoms {s.liquid_min_distance} A apart in the cell")
+        trial = rng.random(3) @ cell
+        if placed:
+            _, d = get_distances(trial[None, :], np.array(placed), cell=cell, pbc=True)
+            if d.min() < s.liquid_min_distance:
+                continue
+        placed.append(trial)
+    atoms.positions = np.array(placed)
+    return atoms
+
+
 def driver_command(truth: str) -> str:
     return f"gmetad driver {truth} --structure {{structure}} --address {{address}}"
 
@@ -175,7 +204,7 @@ def specs_l(s: SiSettings, truth: str) -> list[RunSpec]:
 def specs_h(s: SiSettings, truth: str) -> list[RunSpec]:
     half = s.budget // 2
     return [RunSpec("H-crystal", crystal(s), half, s.t_high, driver_command(truth), seed=21, timestep=s.timestep),
-            RunSpec("H-liquid", crystal(s), half, s.t_liquid, driver_command(truth), seed=22, timestep=s.timestep)]
+            RunSpec("H-liquid", random_start(s), half, s.t_liquid, driver_command(truth), seed=22, timestep=s.timestep)]
 
 
 def specs_g(s: SiSettings, truth: str, candidate: Mapping[str, Any], steps: int, seeds, prefix: str = "G"):
@@ -227,7 +256,6 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
 
     l_specs, h_specs = specs_l(s, truth), specs_h(s, truth)
     runs_l = p.stage("sample_L", {"runs": [x.describe() for x in l_specs]}, sampling(l_specs))
-    runs_h = p.stage("sample_H", {"runs": [x.describe() for x in h_specs]}, sampling(h_specs))
 
     # -- the G-metaD settings scan: stability + coverage, no property involved
     scan_specs = []
@@ -267,6 +295,7 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
     g_specs = specs_g(s, truth, scan_out["chosen"], s.budget // s.g_runs, [31 + k for k in range(s.g_runs)])
     runs_g = p.stage("sample_G", {"runs": [x.describe() for x in g_specs]}, sampling(g_specs), depends=["scan"])
 
+    runs_h = p.stage("sample_H", {"runs": [x.describe() for x in h_specs]}, sampling(h_specs))
     sets = {"L": [runs_l["L"]], "H": [runs_h[x.name] for x in h_specs], "G": [runs_g[x.name] for x in g_specs]}
     set_files = {name: [_abs(p, r["frames"]) for r in runs] for name, runs in sets.items()}
     results["runs"] = {name: [{k: v for k, v in r.items()} for r in runs] for name, runs in sets.items()}
