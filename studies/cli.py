@@ -2,6 +2,7 @@
 
     gmetad reproduce si [--quick] [--workdir DIR] [--truth DRIVER] [--settings YAML] [--jobs N]
     gmetad reproduce gete [--quick] [--workdir DIR]
+    gmetad reproduce pt111-h [--quick] [--workdir DIR] [--truth DRIVER] [--settings YAML] [--jobs N]
 
 Every stage is cached in the work folder (``studies/pipeline.py``): running the
 same command again skips what has finished and resumes an interrupted stage;
@@ -12,21 +13,26 @@ YAML mapping of fields of :class:`studies.si.SiSettings` overriding the full or
 quick values. Results: ``WORKDIR/report/si-results.json``, ``si-summary.md`` and
 the figures beside them. The GeTe study (:mod:`studies.gete`, CHGNet as the
 reference) writes ``WORKDIR/analysis/gete.json``, ``gete.png`` and
-``gete-snapshots.png``.
+``gete-snapshots.png``. The H on Pt(111) study (:mod:`studies.pt111_h`, EMT as
+the reference, ``--settings``: fields of :class:`studies.pt111_h.PtHSettings`)
+writes ``WORKDIR/report/pt111-h-results.json``, ``pt111-h-summary.md``, the
+figures and ``WORKDIR/sites/pt111-h-sites.json``.
 """
 from __future__ import annotations
 
 import sys
 
-STUDIES = ("si", "gete")
+STUDIES = ("si", "gete", "pt111-h")
 
 
 def add_arguments(parser) -> None:
     """The arguments of ``gmetad reproduce`` (for biasserver/cli.py)."""
-    parser.add_argument("system", choices=STUDIES, help="which study (si: the paper's Fig. 4; gete: Fig. 3)")
+    parser.add_argument("system", choices=STUDIES, help="which study (si: the paper's Fig. 4; gete: Fig. 3; "
+                        "pt111-h: Figs. 1 and 2, H on Pt(111))")
     parser.add_argument("--quick", action="store_true", help="the same pipeline at toy size (CI, a few minutes)")
     parser.add_argument("--workdir", help="work folder (default: reproduce-SYSTEM[-quick] in the current folder)")
-    parser.add_argument("--truth", default="sw", help="reference calculator, a gmetad driver name (default: sw)")
+    parser.add_argument("--truth", help="reference calculator, a gmetad driver name (default: sw for si, "
+                        "chgnet for gete, emt for pt111-h)")
     parser.add_argument("--settings", help="YAML mapping of study settings to override")
     parser.add_argument("--jobs", type=int, help="processes at once (default 2)")
 
@@ -34,6 +40,8 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     if args.system == "gete":
         return gete_main(args)
+    if args.system == "pt111-h":
+        return pt111_h_main(args)
     from . import si
     from .pipeline import StageError, single_threaded
 
@@ -45,7 +53,7 @@ def main(args) -> int:
     settings = si.settings(args.quick, overrides, where=args.settings or "--jobs")
     workdir = args.workdir or f"reproduce-{args.system}{'-quick' if args.quick else ''}"
     try:
-        si.run_study(workdir, settings, truth=args.truth)
+        si.run_study(workdir, settings, truth=args.truth or "sw")
     except StageError as err:
         print(f"gmetad reproduce: {err}\ngmetad reproduce: finished stages are kept in {workdir}; "
               "run the same command again to resume", file=sys.stderr)
@@ -58,13 +66,33 @@ def gete_main(args) -> int:
     from . import gete
     from .pipeline import StageError
 
-    if args.truth not in ("sw", "chgnet") or args.settings or args.jobs is not None:
+    if args.truth not in (None, "sw", "chgnet") or args.settings or args.jobs is not None:
         print("gmetad reproduce gete: the GeTe study runs CHGNet with its own settings, one run at a time "
               "(--truth, --settings and --jobs are for si)", file=sys.stderr)
         return 2
     workdir = args.workdir or f"reproduce-gete{'-quick' if args.quick else ''}"
     try:
         gete.reproduce(workdir, args.quick)
+    except StageError as err:
+        print(f"gmetad reproduce: {err}\ngmetad reproduce: finished stages are kept in {workdir}; "
+              "run the same command again to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+def pt111_h_main(args) -> int:
+    """``gmetad reproduce pt111-h``: studies.pt111_h with the same options."""
+    from . import pt111_h
+    from .pipeline import StageError, single_threaded
+
+    single_threaded()
+    overrides = pt111_h.load_overrides(args.settings)
+    if args.jobs is not None:
+        overrides["jobs"] = args.jobs
+    settings = pt111_h.settings(args.quick, overrides, where=args.settings or "--jobs")
+    workdir = args.workdir or f"reproduce-{args.system}{'-quick' if args.quick else ''}"
+    try:
+        pt111_h.run_study(workdir, settings, truth=args.truth or "emt")
     except StageError as err:
         print(f"gmetad reproduce: {err}\ngmetad reproduce: finished stages are kept in {workdir}; "
               "run the same command again to resume", file=sys.stderr)

@@ -192,7 +192,8 @@ class RunSpec:
     section of the run YAML (height eV, width A, stride, well_tempered K, ...);
     walls: the YAML's wall list (also in plain MD if given); driver: the force
     client's command (``gmetad driver NAME ...``); seed: i-PI's random seed;
-    tau: thermostat time constant (fs); barostat_tau (fs).
+    tau: thermostat time constant (fs); barostat_tau (fs); fixed: indices of
+    atoms i-PI holds in place (``<fixatoms>``, e.g. a slab's bottom layers).
     """
 
     name: str
@@ -209,10 +210,13 @@ class RunSpec:
     barostat_tau: float = 500.0
     pressure: float = 0.0
     property_stride: int = 10
+    fixed: list = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         """JSON description (for stage keys and reports)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "structure"}
+        if not self.fixed:
+            d.pop("fixed")      # runs without fixed atoms keep the keys they had before the field existed
         s = self.structure
         d["structure"] = {"symbols": s.get_chemical_formula(), "cell": np.round(s.cell.array, 6).tolist(),
                           "positions_sha": hashlib.sha256(np.round(s.positions, 6).tobytes()).hexdigest()[:12]}
@@ -242,7 +246,7 @@ IPI_TEMPLATE = """<simulation verbosity='low' safe_stride='100'>
     <forces>
       <force forcefield='gmetad'/>
     </forces>
-    <motion mode='dynamics'>
+    <motion mode='dynamics'>{fixatoms}
       <dynamics mode='{ensemble}'>
         <timestep units='femtosecond'> {timestep} </timestep>
         <thermostat mode='langevin'>
@@ -281,8 +285,11 @@ def write_run_directory(spec: RunSpec, folder: str, symmetry: Mapping[str, Any])
     barostat = BAROSTAT.format(**fields) if spec.ensemble == "npt" else ""
     pressure = (f"\n      <pressure units='gigapascal'> {spec.pressure} </pressure>"
                 if spec.ensemble == "npt" else "")
+    fixatoms = (f"\n      <fixatoms> [ {', '.join(str(int(i)) for i in spec.fixed)} ] </fixatoms>"
+                if spec.fixed else "")
     with open(os.path.join(folder, "input.xml"), "w") as handle:
-        handle.write(IPI_TEMPLATE.format(**fields, socket=SOCKET, barostat=barostat, pressure_tag=pressure))
+        handle.write(IPI_TEMPLATE.format(**fields, socket=SOCKET, barostat=barostat, pressure_tag=pressure,
+                                         fixatoms=fixatoms))
     species = {e: 1.0 for e in sorted(set(spec.structure.get_chemical_symbols()))}
     bias = {"height": 0.001, "width": 1.0, "stride": 20, "species": species}
     bias.update(spec.bias or {})
