@@ -158,39 +158,48 @@ def long_run_table(folder: str, sf, radius: float) -> None:
         return [Atoms("Si64", positions=p, cell=cell, pbc=True) for p in data["frames"]]
 
     ref_path = os.path.join(folder, "reference.npz")
-    with np.load(ref_path) as ref:
-        reference = Coverage.from_reference(environments(frames_of(ref), sf), radius)
-        ref_steps = int(ref["steps_done"])
-        ref_t = float(ref["temperature_K"])
+    reference = None
+    if os.path.exists(ref_path):     # without it: no coverage columns
+        with np.load(ref_path) as ref:
+            reference = Coverage.from_reference(environments(frames_of(ref), sf), radius)
+            ref_steps = int(ref["steps_done"])
+            ref_t = float(ref["temperature_K"])
     runs = {}
     for path in sorted(glob.glob(os.path.join(folder, "*.npz"))):
         name = os.path.basename(path)[:-4]
         if name != "reference":
             with np.load(path) as data:
                 runs[name] = {k: data[k] for k in data.files}
-    curves = {name: coverage_curve(frames_of(d), sf, reference) for name, d in runs.items()}
+    curves = {name: coverage_curve(frames_of(d), sf, reference) if reference is not None else None
+              for name, d in runs.items()}
     exact = curves.get("exact")
     rows = []
     for name, d in runs.items():
         steps = int(d["steps_done"])
         cover = curves[name]
-        n_common = min(len(cover), len(exact)) if exact is not None else len(cover)
-        vs_exact = "-" if exact is None else f"{cover[n_common - 1] / exact[n_common - 1]:.2f}"
+        vs_exact = "-"
+        if cover is not None and exact is not None:
+            n_common = min(len(cover), len(exact))
+            vs_exact = f"{cover[n_common - 1] / exact[n_common - 1]:.2f}"
         err = np.abs(d["energy"] - d["exact_energy"])
         rel = err / np.maximum(np.abs(d["exact_energy"]), 1e-300)
-        setting = {"exact": "none", "compressed": f"compression {float(d['compression']):g}",
-                   "capped": f"max_hills {int(d['max_hills'])}"}.get(str(d["variant"]), str(d["variant"]))
+        parts = ([f"compression {float(d['compression']):g}"] if np.isfinite(float(d["compression"])) else []) \
+            + ([f"max_hills {int(d['max_hills'])}"] if int(d["max_hills"]) > 0 else [])
+        setting = " + ".join(parts) or "none"
+        engine = f"{np.median(d['engine_cpu_ms']):.3g}" if "engine_cpu_ms" in d else "-"
         rows.append([name, setting, steps, int(d["n_hills"][-1]),
                      f"{d['bias_cpu_ms'][0]:.3g} / {np.median(d['bias_cpu_ms']):.3g} / {d['bias_cpu_ms'].max():.3g} / {d['bias_cpu_ms'][-1]:.3g}",
-                     f"{d['bias_ms'].max():.3g}", f"{np.median(d['step_ms']):.3g}",
-                     int(cover[-1]), vs_exact,
+                     engine, f"{d['bias_ms'].max():.3g}", f"{np.median(d['step_ms']):.3g}",
+                     "-" if cover is None else int(cover[-1]), vs_exact,
                      f"{err.max():.2g} eV ({rel.max():.1%})", f"{float(d['load_average']):.1f}"])
-    print(f"Reference for the coverage: plain MD, {ref_steps} steps at {ref_t:g} K, radius {radius:g} "
-          "(standardised G). Bias time: CPU time of GMetaDBias.step per MD step, averaged over "
-          "windows of 500 steps: first / median / largest / last window.")
+    print((f"Reference for the coverage: plain MD, {ref_steps} steps at {ref_t:g} K, radius {radius:g} "
+           "(standardised G). " if reference is not None else "No reference run: no coverage. ")
+          + "Bias time: CPU time of GMetaDBias.step per MD step, averaged over windows of 500 steps: "
+          "first / median / largest / last window; engine: the Stillinger-Weber calculator's CPU "
+          "time per step (median window), a gauge of how much the load slows this process.")
     print()
     headers = ["run", "approximation", "steps", "hills at end", "bias CPU ms/step (first/median/max/last)",
-               "largest window, wall ms/step", "whole step, median wall ms", "coverage (centres)",
+               "engine CPU ms/step", "largest window, wall ms/step", "whole step, median wall ms", "coverage (centres)",
                "coverage / exact", "largest bias-energy error", "load average at end"]
     print("| " + " | ".join(headers) + " |")
     print("|" + "|".join("---" for _ in headers) + "|")
