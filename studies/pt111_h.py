@@ -8,11 +8,14 @@ sets, each from ``budget`` MD steps (= reference evaluations) of one run:
 
 - **L**: plain MD at ``t_low`` (600 K), the bottom ``fixed_layers`` layer(s) fixed
   as in the example;
-- **H**: plain MD at ``t_high`` (1700 K). With one fixed layer EMT's four-layer
-  slab stays layered over 4 ps at 1700 K but its top layer moves out by 0.5 A and
-  roughens (heights spread over 1 A) while the two upper layers slide laterally
-  back and forth by up to 0.8 A (rms); a user keeps the slab's lower half
-  crystalline by fixing more of it: ``fixed_layers_high`` (2) bottom layers;
+- **H**: plain MD at ``t_high`` (1700 K). EMT's top Pt layer premelts there
+  (measured over 4 ps, 0.5 fs, Langevin): it moves out by 0.5 A, its heights
+  spread over 1.0-1.7 A, atoms pop out as short-lived adatoms and wander (lateral
+  mean square displacement 2.5 A^2 after 4 ps); with only the bottom layer fixed
+  the second layer slides too (0.4-0.7 A^2, against 0.1 A^2 with two fixed). A
+  user keeps the slab's lower half crystalline by fixing more of it:
+  ``fixed_layers_high`` (2) bottom layers; the top layer's disorder is part of
+  what high-temperature MD samples;
 - **G**: G-metaD at ``t_low``, the bias on H only, settings chosen by a **scan**
   before anything is trained: every candidate of :data:`SCAN_CANDIDATES` runs
   ``scan_steps`` steps; it qualifies when the run is stable
@@ -87,17 +90,17 @@ class PtHSettings:
     fixed_layers_high: int = 2
     wall_height: float = 2.5
     wall_k: float = 5.0
-    budget: int = 12000
-    scan_steps: int = 3000
+    budget: int = 10000
+    scan_steps: int = 2000
     scan_candidates: list = field(default_factory=lambda: [dict(c) for c in SCAN_CANDIDATES])
     scan_temperature_tolerance: float = 0.25
     coverage_radius: float = 1.0
     coverage_stride: int = 10
-    site_stride: int = 1
-    pool: int = 1200
-    train_frames: int = 240
-    test_frames: int = 80
-    training: dict = field(default_factory=lambda: {"committee": 3, "epochs": 150, "seed": 0, "patience": 30})
+    site_stride: int = 2
+    pool: int = 1000
+    train_frames: int = 200
+    test_frames: int = 60
+    training: dict = field(default_factory=lambda: {"committee": 3, "epochs": 100, "seed": 0, "patience": 25})
     neb_images: int = 5
     neb_fmax: float = 0.05
     neb_steps: int = 300

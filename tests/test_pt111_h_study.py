@@ -243,7 +243,7 @@ def test_pt111_h_study_toy_end_to_end_killed_and_resumed(tmp_path):
         assert c["max_abs_error_on_truth_images"]["committee_mean"] >= 0
     for fig in ("sites", "pca", "fig2"):
         assert os.path.getsize(workdir / results["figures"][fig]) > 1000
-    fig2 = json.load(open(workdir / results["report"]["fig2_json"]))
+    fig2 = json.load(open(workdir / "report" / "pt111-h-fig2.json"))
     assert set(fig2) == {"truth", "NNP-L", "NNP-H", "NNP-G"}
     assert fig2["truth"]["barriers"]["fcc->hcp"] >= 0
     site_json = json.load(open(workdir / results["sites"]["json"]))
