@@ -326,7 +326,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-analysis", action="store_true", help="skip the pruning analysis")
     parser.add_argument("--sections", default="kernel,symmetry,deposition,tables,long",
                         help="comma-separated: kernel (before/after ratios, GFLOP/s vs DGEMM), symmetry "
-                             "(symmetry functions on each code path), deposition, "
+                             "(symmetry functions on each code path), deposition, parts (of a capped "
+                             "biased step), "
                              "tables (the timing, memory and pruning tables), long (long-run table)")
     parser.add_argument("--kernel-repeats", type=int, default=7, help="interleaved repeats of the before/after timings")
     parser.add_argument("--deposition-repeats", type=int, default=40,
@@ -438,6 +439,12 @@ def main(argv=None):
                                        [n for n in (1_000, 10_000) if n + repeats * n_q <= len(heights_all)]
                                        + [len(heights_all) - repeats * n_q],
                                        n_q, repeats)
+    if "parts" in sections:
+        import bench_sections
+        print("## Parts of a biased step at the long-run settings, cost bounded by max_hills")
+        print()
+        with threads_context(1):
+            bench_sections.step_parts(sf, si64())
     if "long" in sections and os.path.isdir(args.long_run):
         import bench_sections
         print("## Long runs: Si64 SW G-metaD, h = 1 meV, sigma = 1 A, stride 20 (benchmarks/long_run.py)")
