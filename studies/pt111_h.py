@@ -117,7 +117,7 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "scan_candidates": [dict(SCAN_CANDIDATES[0]), dict(SCAN_CANDIDATES[1])],
     "coverage_stride": 5, "site_stride": 1, "pool": 150, "train_frames": 30, "test_frames": 10,
     "training": {"committee": 2, "epochs": 10, "seed": 0, "patience": 10},
-    "neb_images": 2, "neb_fmax": 0.2, "neb_steps": 40, "relax_fmax": 0.05, "relax_steps": 150,
+    "neb_images": 2, "neb_fmax": 0.2, "neb_steps": 40, "relax_fmax": 0.02, "relax_steps": 200,
 }
 
 

@@ -8,7 +8,14 @@ layer fixed, as in the sampling runs):
    1.5 A above the hollow), ``top`` (H started 1.5 A above a top-layer atom and
    held over it in the plane: EMT has no top minimum, the H atom slides to a
    hollow), ``tet`` (subsurface tetrahedral: H started 1.0 A under an hcp hollow,
-   i.e. between three top-layer atoms and the second-layer atom beneath);
+   between three top-layer atoms and the second-layer atom beneath, and 0.15 A
+   off the hollow's axis. On the axis EMT's landscape is flat and unreliable: a
+   relaxation that keeps the symmetry stops at +3.6 eV above fcc (force
+   tolerance 0.02 eV/A) or, by round-off, part-way down (+2.9 eV at 0.01 eV/A);
+   with the metal atoms' symmetry broken by 0.02 A, H held on the axis settled at
+   +3.4 eV in one trial and left for the hcp site in another. Off the axis H
+   settles in the top layer's plane at +1.37 eV (tolerance 0.02 eV/A or tighter),
+   EMT's subsurface minimum near the hcp hollow, the endpoint used here);
 2. four nudged-elastic-band segments between them (ASE, IDPP interpolation,
    FIRE): fcc -> hcp and fcc -> tet with a climbing image (their saddles),
    hcp -> top and top -> fcc without (top is the highest point of both);
@@ -41,12 +48,13 @@ SLAB_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
                          "examples", "pt111-h", "init.xyz")
 
 #: endpoint -> (layer the H atom starts over: 0 top, 1 second = hcp, 2 third = fcc;
-#: start depth below the top layer in A, negative = above; H held over it in the plane)
-ENDPOINTS: dict[str, tuple[int, float, bool]] = {
-    "fcc": (2, -1.5, False),
-    "hcp": (1, -1.5, False),
-    "top": (0, -1.5, True),
-    "tet": (1, 1.0, False),
+#: start depth below the top layer in A, negative = above; H held over it in the plane;
+#: start offset from that atom along the cell's a direction, A)
+ENDPOINTS: dict[str, tuple[int, float, bool, float]] = {
+    "fcc": (2, -1.5, False, 0.0),
+    "hcp": (1, -1.5, False, 0.0),
+    "top": (0, -1.5, True, 0.0),
+    "tet": (1, 1.0, False, 0.15),
 }
 
 #: the path's segments in order: (from, to, climbing image)
@@ -82,12 +90,12 @@ def start_structure(site: str, fixed_layers: int = 1, slab: Atoms | None = None)
         raise ValueError(f"unknown endpoint {site!r} (known: {', '.join(ENDPOINTS)})")
     slab = (slab if slab is not None else clean_slab()).copy()
     layers = metal_layers(slab, np.arange(len(slab)))
-    layer, below, lateral = ENDPOINTS[site]
+    layer, below, lateral, offset = ENDPOINTS[site]
     surface = slab.positions[layers[0], 2].mean()
     # the atom of that layer nearest to the cell's centre, so that the site is away from the edges
     centre = 0.5 * (slab.cell.array[0, :2] + slab.cell.array[1, :2])
     over = layers[layer][np.argmin(np.linalg.norm(slab.positions[layers[layer], :2] - centre, axis=1))]
-    x, y = slab.positions[over, :2]
+    x, y = slab.positions[over, :2] + offset * slab.cell.array[0, :2] / np.linalg.norm(slab.cell.array[0, :2])
     slab.append(Atom("H", (x, y, surface - below)))
     constraints = [FixAtoms(indices=fixed_indices(slab, fixed_layers))]
     if lateral:
