@@ -24,7 +24,10 @@ to the YAML file)::
       max_hills: null              # cap per element: beyond it every new hill merges into
                                    # its nearest, so the cost per step stops growing; costs
                                    # accuracy (1000 on Si64: same coverage, bias energy
-                                   # off by up to 150 %): a cost bound, not a default
+                                   # off by up to 150 %; with compression 0.3: cost flat
+                                   # from the cap on, energy +49 % at 5500 steps): a cost
+                                   # bound, not a default. No setting brings the bias of
+                                   # 64 atoms to 5 ms/step (benchmarks/README.md)
       walls: []                    # [{kind: height, ...}, {kind: distance, ...}]
       hills_file: HILLS
       restart: true                # continue from hills_file when it exists
