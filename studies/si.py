@@ -74,7 +74,11 @@ class SiSettings:
     set from which ``train_frames`` are chosen by farthest-point sampling, and
     ``test_frames`` held out; ``training``: nnp TrainConfig keys, the same for all
     three NNPs; ``properties``: keys of studies.si_properties.UNITS to compute (None:
-    all); ``quick_properties``: the recipes' quick cell sizes; ``jobs``: processes
+    all); ``quick_properties``: the recipes' quick cells (64-atom defect cells,
+    4-layer slabs; the truth's point-defect energies there differ from the full
+    216-atom values by 3-5 %, docs/results/si-recipes.md; every NNP uses the same
+    cells, so the ratios are like for like), false: the full cells (2-3 times the
+    time); ``jobs``: processes
     running at the same time (sampling runs, trainings, property evaluations)."""
 
     supercell: int = 2                      # cubic 8-atom cells per edge: 2 -> Si64
@@ -97,9 +101,9 @@ class SiSettings:
     pool: int = 1500
     train_frames: int = 300
     test_frames: int = 100
-    training: dict = field(default_factory=lambda: {"committee": 3, "epochs": 80, "seed": 0, "patience": 20})
+    training: dict = field(default_factory=lambda: {"committee": 3, "epochs": 30, "seed": 0, "patience": 10})
     properties: list | None = None
-    quick_properties: bool = False
+    quick_properties: bool = True
     jobs: int = 2
 
     def describe(self) -> dict[str, Any]:
