@@ -21,7 +21,9 @@
    exchanges, the largest over the ranks; for
    comparison one walker's ``apply_candidates`` of its hill without MPI, and one
    sleeping barrier alone (what a synchronisation of the ranks costs on the
-   machine at the time: on a crowded node, the wait for every rank to be scheduled).
+   machine at the time: on a crowded node, the wait for every rank to be scheduled)
+   and the peer, a blocking MPI allgather of the same hills (how PLUMED's
+   WALKERS_MPI exchanges them; its ranks spin while they wait).
 
 --quick: L = 100 and K = 50 (for CI); the table in benchmarks/README.md is the
 full run (L = 1000, K = 400).
@@ -158,10 +160,16 @@ def exchange_worker(repeat: int) -> None:
         start = time.perf_counter()
         group.wait_for_all()
         floor.append(time.perf_counter() - start)
+    plain = []   # the peer: a blocking MPI allgather of the same hills (PLUMED's WALKERS_MPI way)
+    for k in range(repeat):
+        comm.Barrier()
+        start = time.perf_counter()
+        comm.allgather(candidates[k % 8])
+        plain.append(time.perf_counter() - start)
     total, adding = np.array(total), np.array(adding)
     talk = total - adding
     stats = np.array([np.median(total), np.median(cpu), np.median(adding), np.median(talk), talk.min(),
-                      np.median(floor)])
+                      np.median(floor), np.median(plain)])
     every = comm.gather(stats, root=0)
     if comm.Get_rank() == 0:
         worst = np.max(every, axis=0)
@@ -172,17 +180,17 @@ def exchange(repeat: int) -> list[str]:
     from biasserver.mpilaunch import mpi_command, mpi_environment
     rows = ["| walkers | one walker's deposition without MPI, ms | exchange: wall, ms | exchange: CPU, ms | "
             "of the wall time, adding all walkers' hills, ms | of the wall time, communication (median / min), ms "
-            "| one barrier alone, ms | hills at the end |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| one barrier alone, ms | blocking MPI allgather of the hills, ms | hills at the end |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in (1, 2, 4):
         argv = mpi_command(n, [sys.executable, os.path.abspath(__file__), "--exchange-worker",
                                "--repeat", str(repeat)])
         out = subprocess.run(argv, capture_output=True, text=True, env=mpi_environment(), cwd=REPO)
         if out.returncode != 0:
             raise SystemExit(out.stdout + out.stderr)
-        size, local, total, cpu, adding, talk, talk_min, floor, hills = out.stdout.split()
+        size, local, total, cpu, adding, talk, talk_min, floor, plain, hills = out.stdout.split()
         rows.append(f"| {size} | {float(local):.3f} | {float(total):.3f} | {float(cpu):.3f} | {float(adding):.3f} | "
-                    f"{float(talk):.3f} / {float(talk_min):.3f} | {float(floor):.3f} | {hills} |")
+                    f"{float(talk):.3f} / {float(talk_min):.3f} | {float(floor):.3f} | {float(plain):.3f} | {hills} |")
         print(rows[-1], file=sys.stderr, flush=True)
     return rows
 

@@ -3,7 +3,8 @@
 With ``<initialize nbeads='P'>`` i-PI asks its force field for every bead of the
 ring polymer once per MD step: P force requests per step, in an order that may
 change from step to step (a client is preferably given the bead it had last).
-The server asks i-PI for an INIT before every request: its index is the request's
+The server asks i-PI for an INIT before every request (until the run is known to
+have one bead, P = 1, after step 0 or on a restart): its index is the request's
 id, i-PI's serial number of the (force component, bead) pair, consecutive over
 the beads of one force component (offset by the components created before it,
 e.g. 1 for a server behind a second ``<force>``). The bead index is that id less

@@ -94,7 +94,7 @@ def cmd_serve(args) -> int:
         log.error("%s: %s; ending all walkers", type(err).__name__, err)
         logging.shutdown()
         walkers.abort(1)
-    log.info("served %d force requests", steps)
+    log.info("served %d steps (%d force requests)", steps // (server.steps.nbeads or 1), steps)
     return 0
 
 

@@ -364,8 +364,9 @@ class BiasServer:
         log.info("connected to i-PI at %s (%s mode%s%s)", self.ipi_address, self.mode,
                  "" if self.bias is not None else ", bias off",
                  "" if self.walkers is None else f", walker {self.walker} of {self.walkers.size}, pid {os.getpid()}")
-        # an INIT before every request: it carries the bead index (see biasserver.beads)
-        ipi = ClientRole(conn, natoms=self.natoms, reinit_each_step=True)
+        # an INIT before every request: it carries the bead index (see biasserver.beads),
+        # until the run is known to have one bead
+        ipi = ClientRole(conn, natoms=self.natoms, reinit_each_step=self.steps.nbeads != 1)
         served = 0
         executor = ThreadPoolExecutor(max_workers=1) if self.pool is not None else None
         try:
@@ -376,6 +377,8 @@ class BiasServer:
                     break
                 result = self._proxy_step(positions, ipi, executor) if self.pool is not None \
                     else self._bias_step(positions, ipi.init_bead or 0)
+                # one bead: its index never changes, no more INITs (one round trip less)
+                ipi.reinit_each_step = self.steps.nbeads != 1
                 if not ipi.send_forces(result):
                     break
                 served += 1

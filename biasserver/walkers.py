@@ -96,7 +96,8 @@ class WalkerGroup:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.hills_path = hills_path
-        #: exchanges done and the wall time they took, s (waiting for others excluded)
+        #: exchanges done and the wall time they took, s (waiting for the others to
+        #: reach the deposition step excluded: that is wait_seconds)
         self.exchanges = 0
         self.exchange_seconds = 0.0
         self.wait_seconds = 0.0
@@ -121,7 +122,8 @@ class WalkerGroup:
 
     # -- collectives that sleep while waiting ---------------------------------
     def wait_for_all(self) -> None:
-        """Return when every rank has called this (a barrier that sleeps, not spins)."""
+        """Return when every rank has called this: a barrier polled for up to
+        SPIN_SECONDS while yielding the core, then with sleeps of growing length."""
         start = time.perf_counter()
         request = self.comm.Ibarrier()
         # a short spin first, yielding the core to anything runnable: walkers that
