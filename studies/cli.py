@@ -43,11 +43,11 @@ def main(args) -> int:
     if args.system == "pt111-h":
         return pt111_h_main(args)
     from . import si
-    from .pipeline import StageError, single_threaded
+    from .pipeline import StageError, load_overrides, single_threaded
 
     single_threaded()
 
-    overrides = si.load_overrides(args.settings)
+    overrides = load_overrides(args.settings)
     if args.jobs is not None:
         overrides["jobs"] = args.jobs
     settings = si.settings(args.quick, overrides, where=args.settings or "--jobs")
@@ -83,10 +83,10 @@ def gete_main(args) -> int:
 def pt111_h_main(args) -> int:
     """``gmetad reproduce pt111-h``: studies.pt111_h with the same options."""
     from . import pt111_h
-    from .pipeline import StageError, single_threaded
+    from .pipeline import StageError, load_overrides, single_threaded
 
     single_threaded()
-    overrides = pt111_h.load_overrides(args.settings)
+    overrides = load_overrides(args.settings)
     if args.jobs is not None:
         overrides["jobs"] = args.jobs
     settings = pt111_h.settings(args.quick, overrides, where=args.settings or "--jobs")

@@ -42,7 +42,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
+from typing import Any, Callable, Mapping, Sequence, TextIO
 
 import numpy as np
 import yaml
@@ -614,6 +614,26 @@ def train_task(train_path: str, model_path: str, training: dict, log_path: str) 
         return train_committee(train_path, model_path, training, stream=log)
 
 
+def load_overrides(path: str | None) -> dict[str, Any]:
+    """A study's settings overrides: the YAML mapping in ``path`` (None: none); errors
+    name the file."""
+    if path is None:
+        return {}
+    from biasserver.config import read_yaml_mapping
+    return read_yaml_mapping(path, ValueError)
+
+
+def member_calculator(model_path: str | None, member: Any):
+    """Committee member ``member`` (0-based) of the NNP ``model_path`` as an ASE
+    calculator or, when ``model_path`` is None, the truth
+    ``drivers.calculators.make_calculator(member)``."""
+    if model_path is None:
+        from drivers.calculators import make_calculator
+        return make_calculator(member)
+    from nnp.calculator import NNPCalculator, member_model
+    return NNPCalculator(member_model(model_path, member))
+
+
 def property_task(compute: Callable[[Any], tuple[dict, dict]], model_path: str | None, member: Any,
                   out_path: str) -> dict:
     """One property evaluation, kept in ``out_path`` (a resumed stage reuses it):
@@ -624,12 +644,7 @@ def property_task(compute: Callable[[Any], tuple[dict, dict]], model_path: str |
     if os.path.exists(out_path):
         with open(out_path) as handle:
             return json.load(handle)
-    if model_path is None:
-        from drivers.calculators import make_calculator
-        calc = make_calculator(member)
-    else:
-        from nnp.calculator import NNPCalculator, member_model
-        calc = NNPCalculator(member_model(model_path, member))
+    calc = member_calculator(model_path, member)
     t0 = time.monotonic()
     values, failures = compute(calc)
     write_json(out_path, {"values": values, "failures": failures, "seconds": time.monotonic() - t0})

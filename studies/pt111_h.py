@@ -50,11 +50,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence, TextIO
 
 import numpy as np
-import yaml
 
 from . import pipeline
 from .adsorption_sites import SITES, metal_layers, site_series
-from .pipeline import Pipeline, RunSpec
+from .pipeline import Pipeline, RunSpec, member_calculator
 
 #: candidate G-metaD settings of the scan, fixed before any run: the example's
 #: (20 meV hills every 5 steps, adaptive width 0.5 A), half the height, and twice
@@ -143,17 +142,6 @@ def settings(quick: bool = False, overrides: Mapping[str, Any] | None = None,
     if not s.scan_candidates:
         raise ValueError(f"{where}: scan_candidates is empty")
     return s
-
-
-def load_overrides(path: str | None) -> dict[str, Any]:
-    """A YAML mapping of PtHSettings fields (None: no overrides)."""
-    if path is None:
-        return {}
-    with open(path) as handle:
-        raw = yaml.safe_load(handle) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of settings")
-    return raw
 
 
 # ------------------------------------------------------------------ run specs
@@ -290,12 +278,7 @@ def path_task(model_path: str | None, member: Any, truth_images: str | None, out
     if os.path.exists(out_path):
         with open(out_path) as handle:
             return json.load(handle)
-    if model_path is None:
-        from drivers.calculators import make_calculator
-        calc = make_calculator(member)
-    else:
-        from nnp.calculator import NNPCalculator, member_model
-        calc = NNPCalculator(member_model(model_path, member))
+    calc = member_calculator(model_path, member)
     t0 = time.monotonic()
     fallback = None
     reference = None

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import sys
 import time
@@ -47,7 +46,6 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, TextIO
 
 import numpy as np
-import yaml
 from ase.build import bulk as ase_bulk
 
 from . import pipeline
@@ -140,17 +138,6 @@ def settings(quick: bool = False, overrides: Mapping[str, Any] | None = None,
         if bad:
             raise ValueError(f"{where}: unknown property {bad[0]!r} (known: {', '.join(UNITS)})")
     return s
-
-
-def load_overrides(path: str | None) -> dict[str, Any]:
-    """A YAML mapping of SiSettings fields (None: no overrides)."""
-    if path is None:
-        return {}
-    with open(path) as handle:
-        raw = yaml.safe_load(handle) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of settings")
-    return raw
 
 
 # ------------------------------------------------------------------ run specs
@@ -305,7 +292,6 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
     results["runs"] = {name: [{k: v for k, v in r.items()} for r in runs] for name, runs in sets.items()}
     results["runs_stability"] = {}
     for name, runs in sets.items():
-        target = {"L": s.t_low, "G": s.t_low}.get(name)
         for r, spec in zip(runs, {"L": l_specs, "H": h_specs, "G": g_specs}[name]):
             log = pipeline.md_log(_abs(p, r["md_out"]))
             results["runs_stability"][r["name"]] = pipeline.stability(log, spec.temperature)
