@@ -29,7 +29,6 @@ import sys
 import sysconfig
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import asdict
 
 import yaml
 
@@ -134,6 +133,25 @@ def _remove_stale_socket(name: str) -> None:
         pass
     finally:
         probe.close()
+
+
+def stop_process_groups(processes, grace: float = 10.0) -> None:
+    """SIGTERM to the process group of every process still running, then SIGKILL to
+    those that have not ended ``grace`` seconds later."""
+    processes = list(processes)
+    for proc in processes:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for proc in processes:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 class Run:
@@ -302,19 +320,7 @@ class Run:
 
     def stop(self) -> None:
         """Terminate whatever still runs (process groups), then kill after a grace period."""
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 10
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_groups(self.processes.values())
         for name in (self.ipi_socket, self.ref_socket):
             path = parse_address(f"unix:{name}").path
             if os.path.exists(path):

@@ -36,7 +36,7 @@ from .config import RunConfig, as_dict, keep_aside
 from .mpilaunch import mpi_command, mpi_environment
 from .protocol import parse_address
 from .runner import (POLL_SECONDS, Run, RunFailed, _remove_stale_socket, _socket_name, ipi_command,
-                     this_environment, write_ipi_input)
+                     stop_process_groups, this_environment, write_ipi_input)
 from .walkers import PLACEHOLDER, for_walker
 
 
@@ -274,19 +274,7 @@ class WalkerRun(Run):
     def stop(self) -> None:
         """Terminate every process group (mpirun forwards SIGTERM to its ranks), then
         kill what lingers, MPI ranks whose mpirun is gone included."""
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 10
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_groups(self.processes.values())
         for pid in self._ranks:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as handle:
