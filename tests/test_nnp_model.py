@@ -7,6 +7,7 @@ from ase.build import add_adsorbate, bulk, fcc111
 from ase.calculators.calculator import PropertyNotImplementedError
 
 from biasserver.symmetry import SymmetryFunctions
+from finite_differences import numerical_forces, numerical_virial
 from nnp import ModelError, NNPCalculator, NNPModel
 from nnp.model import initial_layers, network_energy_gradient, standard_scaling
 
@@ -53,35 +54,6 @@ def pt_h_slab():
     return slab
 
 
-def numerical_forces(model, atoms):
-    forces = np.zeros((len(atoms), 3))
-    for a in range(len(atoms)):
-        for k in range(3):
-            e = []
-            for sign in (1, -1):
-                moved = atoms.copy()
-                moved.positions[a, k] += sign * FD_STEP
-                e.append(model.energy(moved))
-            forces[a, k] = -(e[0] - e[1]) / (2 * FD_STEP)
-    return forces
-
-
-def numerical_virial(model, atoms):
-    """-dE/d(strain) (eV) by central differences of homogeneous deformations."""
-    virial = np.zeros((3, 3))
-    for a in range(3):
-        for b in range(3):
-            e = []
-            for sign in (1, -1):
-                eps = np.eye(3)
-                eps[a, b] += sign * STRAIN_STEP
-                moved = atoms.copy()
-                moved.set_cell(atoms.cell.array @ eps, scale_atoms=True)
-                e.append(model.energy(moved))
-            virial[a, b] = -(e[0] - e[1]) / (2 * STRAIN_STEP)
-    return virial
-
-
 @pytest.mark.parametrize("system", ["si-periodic", "pt-h-slab"])
 def test_forces_and_virial_equal_finite_differences(system):
     atoms = si_cell() if system == "si-periodic" else pt_h_slab()
@@ -90,9 +62,9 @@ def test_forces_and_virial_equal_finite_differences(system):
     model = random_model(rattled(atoms), sf, members=2)
     pred = model.predict(atoms)
     assert np.abs(pred.forces).max() > 0.05      # a real test: forces are not trivially small
-    num = numerical_forces(model, atoms)
+    num = numerical_forces(model.energy, atoms, FD_STEP)
     np.testing.assert_allclose(pred.forces, num, rtol=0, atol=2e-8 * np.abs(num).max())
-    vir = numerical_virial(model, atoms)
+    vir = numerical_virial(model.energy, atoms, STRAIN_STEP)
     np.testing.assert_allclose(pred.virial, vir, rtol=0, atol=2e-8 * np.abs(vir).max())
     # committee mean of members' energies; forces of each member are the mean's parts
     assert pred.energy == pytest.approx(pred.members.mean(), abs=1e-12 * abs(pred.energy))
