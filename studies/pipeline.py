@@ -117,13 +117,18 @@ class Pipeline:
         return self.path("stages", f"{name}{kind}.json")
 
     def stage(self, name: str, settings: Mapping[str, Any], fn: Callable[[str, bool], Any],
-              depends: Sequence[str] = ()) -> Any:
+              depends: Sequence[str] = (), adopt: Callable[[str], bool] | None = None) -> Any:
         """Run stage ``name`` unless its done-marker matches, and return its outputs.
 
         fn(folder, resume) does the work in ``folder`` (created; ``resume`` True
         when an earlier attempt with the same key was interrupted there) and
         returns JSON-able outputs. ``depends``: earlier stages whose results it
-        uses (their keys enter this stage's key)."""
+        uses (their keys enter this stage's key). ``adopt(folder)``: for stages
+        whose work can be recognised in their folder (a sampling run:
+        :func:`run_matches`); when it says the folder already holds this stage's
+        work (begun or finished, e.g. a run made outside the pipeline), the stage
+        resumes there instead of clearing the folder, and ``fn`` finishes or
+        merely collects that work."""
         missing = [d for d in depends if d not in self.markers]
         if missing:
             raise StageError(f"stage {name}: depends on {', '.join(missing)}, which did not run first")
@@ -145,6 +150,9 @@ class Pipeline:
         if os.path.exists(started_path) and os.path.isdir(folder):
             with open(started_path) as handle:
                 resume = json.load(handle).get("key") == key
+        if not resume and adopt is not None and os.path.isdir(folder) and adopt(folder):
+            resume = True
+            self.say(f"{name}: {folder} holds this stage's own work: continuing it")
         if not resume and os.path.isdir(folder):
             shutil.rmtree(folder)   # another key's leftovers: never mixed into this result
         os.makedirs(folder, exist_ok=True)
@@ -306,6 +314,22 @@ def write_run_directory(spec: RunSpec, folder: str, symmetry: Mapping[str, Any])
     with open(os.path.join(folder, "gmetad.yaml"), "w") as handle:
         yaml.safe_dump(config, handle, sort_keys=False)
     return folder
+
+
+def run_matches(spec: RunSpec, folder: str, symmetry: Mapping[str, Any]) -> bool:
+    """Whether ``folder`` holds a run of exactly ``spec``: its ``init.xyz``,
+    ``input.xml`` and ``gmetad.yaml`` are byte for byte those
+    :func:`write_run_directory` writes for it (then :func:`sample` continues or,
+    when it had finished, only collects that run)."""
+    import filecmp
+    import tempfile
+
+    names = ("init.xyz", "input.xml", "gmetad.yaml")
+    if not all(os.path.isfile(os.path.join(folder, n)) for n in names):
+        return False
+    with tempfile.TemporaryDirectory() as fresh:
+        write_run_directory(spec, fresh, symmetry)
+        return all(filecmp.cmp(os.path.join(fresh, n), os.path.join(folder, n), shallow=False) for n in names)
 
 
 @dataclass
