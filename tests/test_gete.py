@@ -10,6 +10,8 @@ from biasserver.bias import GMetaDBias
 from biasserver.symmetry import SymmetryFunctions
 from studies.gete import rock_salt
 
+REPO = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
 
 def explicit_hill_sum(hills, values):
     """sum_s h_s exp(-1/2 (g - mu_s)^T A_s (g - mu_s)) for each row g, by plain numpy."""
@@ -229,3 +231,59 @@ def test_reproduce_gete_refuses_the_si_options(capsys):
 
     assert main(["reproduce", "gete", "--jobs", "2", "--workdir", "unused"]) == 2
     assert "--truth, --settings and --jobs are for si" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- #
+# a sampling stage picks up a finished run placed in its folder
+# --------------------------------------------------------------------------- #
+
+
+def test_a_sampling_stage_adopts_a_finished_run_of_its_own_spec_and_clears_another(tmp_path, monkeypatch):
+    """A run made outside the pipeline, copied into the stage folder, is collected
+    (not rerun) when its inputs are the spec's; a run of another seed is cleared."""
+    import os
+    import shutil
+
+    from ase.build import bulk
+
+    from studies.pipeline import Pipeline, RunSpec, run_matches, sample
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    symmetry = {"default": {"elements": ["Si"], "cutoff": 4.0}}
+    spec = RunSpec("toy", bulk("Si", "diamond", a=5.431, cubic=True), steps=4, temperature=300.0,
+                   driver="gmetad driver sw --structure {structure} --address {address}", seed=5)
+    outside = tmp_path / "outside"
+    sample(spec, str(outside), symmetry, stream=open(os.devnull, "w"))
+    frames = (outside / "output" / "gmetad" / "frames.extxyz").read_bytes()
+    assert frames.count(b"Lattice=") == 5                     # steps 0-4
+    other = RunSpec(**{**spec.__dict__, "seed": 6})
+    assert run_matches(spec, str(outside), symmetry) and not run_matches(other, str(outside), symmetry)
+    assert not run_matches(spec, str(tmp_path), symmetry)     # no run there at all
+
+    work = tmp_path / "work"
+    shutil.copytree(outside, work / "sample-toy")
+    calls = []
+
+    def run(folder, resume):
+        calls.append(resume)
+        return sample(spec, folder, symmetry, stream=open(os.devnull, "w")).to_dict()
+
+    p = Pipeline(str(work), stream=open(os.devnull, "w"))
+    out = p.stage("sample-toy", {"run": spec.describe()}, run, adopt=lambda f: run_matches(spec, f, symmetry))
+    assert calls == [True]
+    assert open(out["frames"], "rb").read() == frames         # collected, not rerun
+    assert "had finished (4 steps)" in (work / "sample-toy" / "run.log").read_text()
+
+    # another spec's run in the folder is not adopted: the stage starts afresh there
+    shutil.rmtree(work)
+    shutil.copytree(outside, work / "sample-other")
+    seen = []
+
+    def fresh(folder, resume):
+        seen.append((resume, sorted(os.listdir(folder))))
+        return {}
+
+    Pipeline(str(work), stream=open(os.devnull, "w")).stage(
+        "sample-other", {"run": other.describe()}, fresh, adopt=lambda f: run_matches(other, f, symmetry))
+    assert seen == [(False, [])]
