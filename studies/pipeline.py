@@ -332,6 +332,23 @@ def run_matches(spec: RunSpec, folder: str, symmetry: Mapping[str, Any]) -> bool
         return all(filecmp.cmp(os.path.join(fresh, n), os.path.join(folder, n), shallow=False) for n in names)
 
 
+def run_finished(spec: RunSpec, folder: str) -> bool:
+    """Whether the run of ``spec`` in ``folder`` had done all its steps: the restart
+    file i-PI writes when it stops holds step ``spec.steps``, and the frames and
+    property files exist."""
+    import xml.etree.ElementTree as ET
+
+    variant = os.path.join(folder, "output", "gmetad")
+    needed = [os.path.join(variant, n) for n in ("RESTART", "md.out", "frames.extxyz")]
+    if not all(os.path.isfile(p) for p in needed):
+        return False
+    try:
+        step = ET.parse(needed[0]).getroot().findtext(".//step")
+        return step is not None and int(step) >= spec.steps
+    except (ET.ParseError, ValueError):
+        return False
+
+
 @dataclass
 class RunResult:
     """Where a finished run's files are: frames (extxyz, every reference evaluation),
@@ -357,6 +374,10 @@ def sample(spec: RunSpec, folder: str, symmetry: Mapping[str, Any], stream: Text
     output = os.path.join(folder, "output")
     variant = os.path.join(output, "gmetad")
     resume = os.path.exists(os.path.join(variant, "gmetad.yaml"))
+    if resume and run_finished(spec, folder):
+        print(f"  run {spec.name}: had finished ({spec.steps} steps) in {folder}: collected", file=stream, flush=True)
+        return RunResult(spec.name, os.path.join(variant, "frames.extxyz"), os.path.join(variant, "md.out"),
+                         os.path.join(variant, "HILLS") if spec.bias is not None else None, 0.0)
     if not resume:
         if os.path.isdir(output):
             shutil.rmtree(output)      # a start that never got going
