@@ -32,7 +32,7 @@ the principal axes of H's symmetry functions, with the truth's relaxed sites
 marked; site fractions and first-visit times as JSON); the same number of frames
 selected from each set by the same rule; three committee NNPs (Pt and H) trained
 identically; each NNP on each set's held-out frames (cross table); **Fig. 2**: the
-path fcc -> hcp -> top -> fcc -> tet (:mod:`studies.pt111_h_paths`) with the truth
+path fcc -> hcp -> top -> fcc -> oct (:mod:`studies.pt111_h_paths`) with the truth
 and with every committee member, each relaxing its own endpoints, plus every
 member's energies on the truth's images; a markdown summary.
 
@@ -54,6 +54,7 @@ import numpy as np
 from . import pipeline
 from .adsorption_sites import SITES, metal_layers, site_series
 from .pipeline import Pipeline, RunSpec, member_calculator
+from .pt111_h_paths import ENDPOINTS
 
 #: candidate G-metaD settings of the scan, fixed before any run: the example's
 #: (20 meV hills every 5 steps, adaptive width 0.5 A), half the height, and twice
@@ -461,7 +462,8 @@ def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO =
         return out
 
     results["sites"] = p.stage("sites", {"stride": s.site_stride, "coverage": [s.coverage_stride, s.coverage_radius],
-                                         "relax": [s.relax_fmax, s.relax_steps], "truth": truth},
+                                         "relax": [s.relax_fmax, s.relax_steps], "truth": truth,
+                                         "endpoints": ENDPOINTS},
                                sites, depends=["sample_LH", "sample_G"])
 
     # -- equal budgets: the same number of frames by the same rule, then three committees
@@ -521,7 +523,8 @@ def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO =
             out["comparison"][f"NNP-{name}"] = compare_paths(truth_rec, members)
         return out
 
-    results["paths"] = p.stage("paths", {"neb": neb, "truth": truth}, paths_stage, depends=["train"])
+    results["paths"] = p.stage("paths", {"neb": neb, "truth": truth, "endpoints": ENDPOINTS}, paths_stage,
+                               depends=["train"])
     results["stage_seconds"] = p.timings()
     results["wall_seconds_this_invocation"] = time.monotonic() - p.started
 
@@ -570,7 +573,7 @@ def fig2_summary(paths_out: Mapping[str, Any]) -> dict[str, Any]:
 def summary_markdown(results: Mapping[str, Any]) -> str:
     """A short markdown summary of a finished study."""
     s = results["settings"]
-    lines = ["# H on Pt(111): three samplers, NNP-L/H/G and the path fcc -> hcp -> top -> fcc -> tet", "",
+    lines = ["# H on Pt(111): three samplers, NNP-L/H/G and the path fcc -> hcp -> top -> fcc -> oct", "",
              f"Truth: `{results['truth']}`. {s['budget']} reference evaluations per set (one run each, "
              f"{s['budget'] * s['timestep'] / 1000:.2f} ps at {s['timestep']} fs); {s['train_frames']} training "
              f"frames per set from a pool of {s['pool']}; committees of {s['training'].get('committee')}, "
@@ -603,28 +606,29 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
                                               for v in row.values()) + " |")
     paths_out = results["paths"]
     truth = paths_out["truth"]
-    keys = ["fcc->hcp", "hcp->fcc", "hcp->top", "top->fcc", "fcc->tet", "tet->fcc"]
+    keys = ["fcc->hcp", "hcp->fcc", "hcp->top", "top->fcc", "fcc->oct", "oct->fcc"]
     lines += ["", "## Fig. 2: site energies and barriers (eV, relative to each potential's fcc; "
                   "committee mean +- spread)", "",
-              "| | hcp | top | tet | " + " | ".join(keys) + " | max error on truth images |",
+              "| | hcp | top | oct | " + " | ".join(keys) + " | max error on truth images |",
               "|---|---|---|---|" + "---|" * len(keys) + "---|"]
-    lines.append("| truth | " + " | ".join(f"{truth['sites'][k]['energy']:.4f}" for k in ("hcp", "top", "tet"))
+    lines.append("| truth | " + " | ".join(f"{truth['sites'][k]['energy']:.4f}" for k in ("hcp", "top", "oct"))
                  + " | " + " | ".join(f"{truth['barriers'][k]:.4f}" for k in keys) + " | - |")
 
     def fmt(v):
         return "failed" if v["mean"] is None else f"{v['mean']:.3f} +- {v['std']:.3f}"
 
     for name, c in paths_out["comparison"].items():
-        lines.append(f"| {name} | " + " | ".join(fmt(c["sites"][k]) for k in ("hcp", "top", "tet")) + " | "
+        lines.append(f"| {name} | " + " | ".join(fmt(c["sites"][k]) for k in ("hcp", "top", "oct")) + " | "
                      + " | ".join(fmt(c["barriers"][k]) for k in keys)
                      + f" | {c['max_abs_error_on_truth_images']['committee_mean']:.3f} |")
     lines.append("")
     for name, c in paths_out["comparison"].items():
-        tet = c["sites"]["tet"]
+        sub = c["sites"]["oct"]
         notes = []
-        if not all(tet["minimum"]):
-            notes.append(f"{tet['minimum'].count(False)} of {len(tet['minimum'])} members have no tetrahedral "
-                         "minimum (the relaxation left the subsurface; the path ends at the truth's geometry)")
+        if not all(sub["minimum"]):
+            notes.append(f"{sub['minimum'].count(False)} of {len(sub['minimum'])} members do not keep H in the "
+                         "octahedral site (it left the site or the top layer broke; the path ends at the truth's "
+                         "geometry)")
         if c["failures"]:
             notes.append(f"{len(c['failures'])} members failed: {c['failures'][0]}")
         if notes:

@@ -3,7 +3,7 @@
 - :func:`fig1_sites`: the H site over time, one panel per run (the paper's Fig. 1 a-c);
 - :func:`fig1_pca`: the H environments of each run on the first two principal
   axes of H's symmetry functions, with the truth's relaxed sites marked (Fig. 1 e);
-- :func:`fig2_paths`: the path fcc -> hcp -> top -> fcc -> tet of the truth and of
+- :func:`fig2_paths`: the path fcc -> hcp -> top -> fcc -> oct of the truth and of
   every committee member, the whole path and the surface part enlarged, and each
   committee's error on the truth's images (Fig. 2).
 """
@@ -72,7 +72,7 @@ def _along(segments: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarra
 
 def fig2_paths(paths_out: Mapping[str, Any], path: str) -> str:
     """The truth's path (black) and every committee member's (thin, the committee's
-    colour) along fcc -> hcp -> top -> fcc -> tet; middle: the surface part (meV);
+    colour) along fcc -> hcp -> top -> fcc -> oct; middle: the surface part (meV);
     right: member minus truth on the truth's images. Returns ``path``."""
     plt = _pyplot()
     truth = paths_out["truth"]
@@ -95,7 +95,7 @@ def fig2_paths(paths_out: Mapping[str, Any], path: str) -> str:
     axes[1].plot(x_truth[surface], 1000 * e_truth[surface], "ko-", ms=3, lw=1.6, label="truth")
     axes[0].set_ylabel("energy relative to fcc (eV)")
     axes[1].set_ylabel("energy relative to fcc (meV)")
-    axes[0].set_title("fcc -> hcp -> top -> fcc -> tet (each potential's own path)", fontsize=9)
+    axes[0].set_title("fcc -> hcp -> top -> fcc -> oct (each potential's own path)", fontsize=9)
     axes[1].set_title("surface part", fontsize=9)
     for ax in axes[:2]:
         ax.set_xticks(ticks[: 4 if ax is axes[1] else 5])

@@ -22,10 +22,10 @@ from studies.adsorption_sites import classify
 
 # ------------------------------------------------------------------ the truth's path (EMT)
 
-#: EMT's climbing-image barrier fcc -> tet on this slab (eV; 4 images, fmax 0.05 eV/A), measured
-#: here: 1.77 eV up, 0.40 eV back from EMT's subsurface minimum near the hcp hollow (+1.37 eV)
-FCC_TET_BARRIER = 1.772
-TET = 1.371
+#: EMT's climbing-image barrier fcc -> oct on this slab (eV; 4 images, fmax 0.05 eV/A), measured
+#: here: 3.96 eV up, 0.51 eV back from the symmetric octahedral point under the fcc hollow (+3.45 eV)
+FCC_OCT_BARRIER = 3.962
+OCT = 3.450
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,35 @@ def test_relaxed_endpoints(ends):
         assert classify(atoms, len(atoms) - 1) == paths.EXPECTED_SITE[site]
     assert energy["hcp"] - energy["fcc"] == pytest.approx(0.0, abs=1e-3)      # -0.1 meV
     assert energy["top"] - energy["fcc"] == pytest.approx(0.046, abs=2e-3)    # held over the atom
-    # EMT's subsurface minimum near the hcp hollow: H in the top layer's plane, 1.37 eV up
-    assert energy["tet"] - energy["fcc"] == pytest.approx(TET, abs=0.01)
-    assert -0.15 < ends["tet"][1]["h_above_local_plane"] < 0.1
+    # the octahedral point: H under the top layer (0.31 A under the clean layer's height,
+    # 1.23 A under its three neighbours, which it lifts), 3.45 eV up
+    assert energy["oct"] - energy["fcc"] == pytest.approx(OCT, abs=0.01)
+    assert ends["oct"][1]["h_above_local_plane"] == pytest.approx(-1.23, abs=0.03)
+    surface = paths.clean_slab().positions[:, 2].max()
+    assert ends["oct"][0].positions[-1, 2] == pytest.approx(surface - 0.31, abs=0.03)
     for site in ("fcc", "hcp"):
         assert ends[site][1]["h_above_local_plane"] == pytest.approx(1.83, abs=0.03)
+
+
+def test_emt_pushes_a_pt_atom_out_when_the_symmetry_breaks():
+    """Off the hollow's axis EMT's H under the top layer ends in its one subsurface minimum:
+    a top-layer Pt atom popped out as an adatom, H in its place, 1.37 eV up. That is not
+    the octahedral site and the endpoint check says so."""
+    from ase.optimize import BFGS
+
+    calc = EMT()
+    atoms = paths.start_structure("oct")
+    atoms.set_constraint(FixAtoms(indices=paths.fixed_indices(atoms, 1)))   # H free in the plane
+    atoms.positions[-1, 0] += 0.15
+    atoms.calc = calc
+    BFGS(atoms, logfile=None).run(fmax=0.01, steps=400)
+    fcc, _ = paths.relax_endpoint(calc, "fcc", fmax=0.01, steps=400)
+    assert atoms.get_potential_energy() - fcc.get_potential_energy() == pytest.approx(1.371, abs=0.01)
+    surface = paths.clean_slab().positions[:, 2].max()
+    assert atoms.positions[:-1, 2].max() - surface == pytest.approx(1.97, abs=0.05)   # the adatom
+    info = paths._describe(atoms)
+    assert info["site"] == "subsurface" and abs(info["h_above_local_plane"]) < 0.1
+    assert not paths.in_site("oct", info)
 
 
 def test_top_is_not_a_minimum_of_emt():
@@ -80,21 +104,21 @@ def test_surface_segments_of_the_truth(ends):
 
 
 def test_subsurface_segment_of_the_truth(ends):
-    """fcc -> tet, climbing image: EMT's barrier into the subsurface and back."""
+    """fcc -> oct, climbing image: EMT's barrier into the subsurface and back."""
     calc = EMT()
     fixed = paths.fixed_indices(ends["fcc"][0], 1)
     e0 = ends["fcc"][1]["energy"]
-    images, run = paths.neb_segment(calc, ends["fcc"][0], ends["tet"][0], 4, True, 0.05, 400, fixed)
+    images, run = paths.neb_segment(calc, ends["fcc"][0], ends["oct"][0], 4, True, 0.05, 400, fixed)
     energies = np.array([im.info["path_energy"] for im in images]) - e0
     assert run["converged"]
-    assert energies.max() == pytest.approx(FCC_TET_BARRIER, abs=0.05)
-    assert energies.max() - energies[-1] == pytest.approx(FCC_TET_BARRIER - TET, abs=0.05)
+    assert energies.max() == pytest.approx(FCC_OCT_BARRIER, abs=0.05)
+    assert energies.max() - energies[-1] == pytest.approx(FCC_OCT_BARRIER - OCT, abs=0.05)
 
 
 def test_energies_on_images_and_fallback(ends):
     calc = EMT()
     images = []
-    for site in ("fcc", "hcp", "tet"):
+    for site in ("fcc", "hcp", "oct"):
         atoms = ends[site][0].copy()
         atoms.info.update(endpoint=site)
         images.append(atoms)
@@ -102,8 +126,8 @@ def test_energies_on_images_and_fallback(ends):
     assert e[0] == 0.0
     assert e[1] == pytest.approx(ends["hcp"][1]["energy"] - ends["fcc"][1]["energy"], abs=1e-9)
     found = paths.endpoint_structures(images)
-    assert list(found) == ["fcc", "hcp", "tet"]
-    np.testing.assert_allclose(found["tet"].positions, ends["tet"][0].positions)
+    assert list(found) == ["fcc", "hcp", "oct"]
+    np.testing.assert_allclose(found["oct"].positions, ends["oct"][0].positions)
 
 
 # ------------------------------------------------------------------ the study's helpers
@@ -153,15 +177,15 @@ def test_site_statistics_and_slab_report():
 
 
 def test_compare_paths_errors_on_the_truth_images():
-    truth = {"sites": {"fcc": {}, "tet": {}}, "barriers": {"fcc->tet": 4.0}, "images_energy": [0.0, 4.0, 3.6]}
+    truth = {"sites": {"fcc": {}, "oct": {}}, "barriers": {"fcc->oct": 4.0}, "images_energy": [0.0, 4.0, 3.6]}
 
-    def member(tet, on_images, failure=None):
+    def member(oct_energy, on_images, failure=None):
         return {"sites": {"fcc": {"energy": 0.0, "minimum": True, "used_fallback": False},
-                          "tet": {"energy": tet, "minimum": tet > 1, "used_fallback": tet <= 1}},
-                "barriers": {"fcc->tet": tet + 0.4}, "on_truth_images": on_images, "failure": failure}
+                          "oct": {"energy": oct_energy, "minimum": oct_energy > 1, "used_fallback": oct_energy <= 1}},
+                "barriers": {"fcc->oct": oct_energy + 0.4}, "on_truth_images": on_images, "failure": failure}
 
     out = pt111_h.compare_paths(truth, [member(3.5, [0.0, 3.9, 3.5]), member(0.5, [0.0, 1.0, 0.5])])
-    assert out["sites"]["tet"]["mean"] == pytest.approx(2.0) and out["sites"]["tet"]["minimum"] == [True, False]
+    assert out["sites"]["oct"]["mean"] == pytest.approx(2.0) and out["sites"]["oct"]["minimum"] == [True, False]
     np.testing.assert_allclose(out["error_on_truth_images"]["mean"], [0.0, -1.55, -1.6])
     assert out["max_abs_error_on_truth_images"]["members"] == pytest.approx([0.1, 3.1])
     assert out["max_abs_error_on_truth_images"]["committee_mean"] == pytest.approx(1.6)
@@ -232,7 +256,7 @@ def test_pt111_h_study_toy_end_to_end_killed_and_resumed(tmp_path):
     assert set(results["sites"]["pca"]["markers"]) == set(paths.ENDPOINTS)
     truth = results["paths"]["truth"]
     assert truth["failure"] is None and truth["sites"]["fcc"]["energy"] == 0.0
-    assert truth["sites"]["tet"]["site"] == "subsurface" and truth["sites"]["tet"]["energy"] > 1.0   # eV above fcc
+    assert truth["sites"]["oct"]["site"] == "subsurface" and truth["sites"]["oct"]["energy"] > 1.0   # eV above fcc
     assert len(truth["images_energy"]) == 1 + 4 * (TOY["neb_images"] + 1)
     for name in ("NNP-L", "NNP-H", "NNP-G"):
         members = results["paths"]["members"][name]
