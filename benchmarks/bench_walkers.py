@@ -145,15 +145,16 @@ def exchange_worker(repeat: int) -> None:
         local.append(time.perf_counter() - start)
     group = WalkerGroup(comm)
     bias = fresh_bias()
-    total, adding, cpu = [], [], []
+    total, adding, collective, cpu = [], [], [], []
     for k in range(repeat):
         comm.Barrier()
-        before = group.apply_seconds
+        before = group.apply_seconds, group.collective_seconds
         start, start_cpu = time.perf_counter(), time.process_time()
         group.share(bias, 5 * (k + 1), candidates[k % 8])
         total.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-        adding.append(group.apply_seconds - before)
+        adding.append(group.apply_seconds - before[0])
+        collective.append(group.collective_seconds - before[1])
     floor = []   # one sleeping barrier alone: what a synchronisation costs on this machine
     for k in range(repeat):
         comm.Barrier()
@@ -166,9 +167,7 @@ def exchange_worker(repeat: int) -> None:
         start = time.perf_counter()
         comm.allgather(candidates[k % 8])
         plain.append(time.perf_counter() - start)
-    total, adding = np.array(total), np.array(adding)
-    talk = total - adding
-    stats = np.array([np.median(total), np.median(cpu), np.median(adding), np.median(talk), talk.min(),
+    stats = np.array([np.median(total), np.median(cpu), np.median(collective), np.median(adding),
                       np.median(floor), np.median(plain)])
     every = comm.gather(stats, root=0)
     if comm.Get_rank() == 0:
@@ -179,18 +178,21 @@ def exchange_worker(repeat: int) -> None:
 def exchange(repeat: int) -> list[str]:
     from biasserver.mpilaunch import mpi_command, mpi_environment
     rows = ["| walkers | one walker's deposition without MPI, ms | exchange: wall, ms | exchange: CPU, ms | "
-            "of the wall time, adding all walkers' hills, ms | of the wall time, communication (median / min), ms "
-            "| one barrier alone, ms | blocking MPI allgather of the hills, ms | hills at the end |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "of the wall time, the allgather, ms | of the wall time, adding all walkers' hills, ms "
+            "| wall time added over one walker's own deposition, ms | one barrier alone, ms "
+            "| blocking MPI allgather of the hills, ms | exchange / allgather | hills at the end |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in (1, 2, 4):
         argv = mpi_command(n, [sys.executable, os.path.abspath(__file__), "--exchange-worker",
                                "--repeat", str(repeat)])
         out = subprocess.run(argv, capture_output=True, text=True, env=mpi_environment(), cwd=REPO)
         if out.returncode != 0:
             raise SystemExit(out.stdout + out.stderr)
-        size, local, total, cpu, adding, talk, talk_min, floor, plain, hills = out.stdout.split()
-        rows.append(f"| {size} | {float(local):.3f} | {float(total):.3f} | {float(cpu):.3f} | {float(adding):.3f} | "
-                    f"{float(talk):.3f} / {float(talk_min):.3f} | {float(floor):.3f} | {float(plain):.3f} | {hills} |")
+        size, local, total, cpu, collective, adding, floor, plain, hills = out.stdout.split()
+        local, total, plain = float(local), float(total), float(plain)
+        rows.append(f"| {size} | {local:.3f} | {total:.3f} | {float(cpu):.3f} | {float(collective):.3f} | "
+                    f"{float(adding):.3f} | {total - local:.3f} | {float(floor):.3f} | {plain:.3f} | "
+                    f"{total / plain:.1f} | {hills} |")
         print(rows[-1], file=sys.stderr, flush=True)
     return rows
 

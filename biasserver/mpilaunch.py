@@ -41,9 +41,12 @@ def mpi_command(ranks: int, argv: list[str]) -> list[str]:
 
 def mpi_environment(base: dict | None = None) -> dict:
     """``base`` (default: this process's environment) with Open MPI allowed to run
-    as root and oversubscribed, and one kernel thread per rank unless set."""
+    as root and oversubscribed, and one kernel thread and one BLAS thread per rank
+    unless set (OpenBLAS's threads make a 70 x 70 eigendecomposition of a hill's
+    metric ten times slower on a busy node)."""
     env = dict(os.environ if base is None else base)
     for key, value in OPEN_MPI_PERMISSIVE.items():
         env.setdefault(key, value)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     return env

@@ -391,8 +391,9 @@ class BiasServer:
                 log.info("walker %d: %d hills, digest %s%s", self.walker, self.bias.n_hills,
                          hill_digest(self.bias), "" if self.walkers is None else
                          f"; {self.walkers.exchanges} exchanges, {self.walkers.exchange_seconds:.3f} s "
-                         f"exchanging ({self.walkers.apply_seconds:.3f} s of it adding hills), "
-                         f"{self.walkers.wait_seconds:.3f} s waiting for other walkers")
+                         f"exchanging ({self.walkers.collective_seconds:.3f} s of it in the allgather, "
+                         f"waiting for the other walkers included, {self.walkers.apply_seconds:.3f} s "
+                         "adding hills)")
         finally:
             conn.close()
             if executor is not None:

@@ -11,24 +11,32 @@ before its extension, so that every walker writes its own file
 choice). Between depositions walkers run freely; at a deposition step s each
 walker evaluates its bias (the hills of steps < s), gets its reference result and
 computes its own hill candidates (centres G_i and metrics from its own
-Jacobian: the expensive half of a deposition, done in parallel). Then, in one
-collective exchange, rank 0 gathers every walker's candidates and applies them to
-the shared bias in rank order (walker 0's hills, then walker 1's, ...; within a
-walker in bead order, then element order): heights (well-tempered: from the bias
-each hill meets when it is applied, i.e. after the earlier walkers' hills of the
-same step), merges and the hills file are those of a single walker depositing
-them one after another. Rank 0 alone writes the hills file, so it holds every
-hill once, in the order in which it took effect. Rank 0 then broadcasts the
-records it wrote and the other ranks replay them exactly as a restart replays a
-hills file (:meth:`GMetaDBias.apply_records`): every rank holds the same hills,
-bit for bit, and a restart from the hills file reproduces them bit for bit. The
+Jacobian: the expensive half of a deposition, done in parallel). Then one MPI
+allgather gives every rank every walker's candidates, and every rank applies them
+to its own copy of the shared bias in rank order (walker 0's hills, then walker
+1's, ...; within a walker in bead order, then element order): heights
+(well-tempered: from the bias each hill meets when it is applied, i.e. after the
+earlier walkers' hills of the same step), merges and records are those of a
+single walker depositing them one after another. Every rank runs the same code on
+the same candidates in the same order, so every rank holds the same hills bit for
+bit; rank 0 alone writes them to the hills file, which thus holds every hill once,
+in the order in which it took effect, and a restart from it reproduces them bit
+for bit (:meth:`GMetaDBias.apply_records` replays exactly what was applied). Each
+rank keeps a CRC-32 of the hill records it has applied (seeded with the digest of
+the hills it started from) and sends it with its next candidates: a rank whose
+hills came to differ (another build, another CPU's linear algebra, another
+configuration) ends the job with an error naming it at the next exchange. The
 hills of step s act from step s + 1 on, on every walker.
 
-Simple and deterministic, at a price: a slow walker holds the others at each
-deposition step. Waiting walkers sleep (a non-blocking barrier polled with a
-back-off of at most 2 ms, after 2 ms of polling that yields the core), they do
-not spin, so on a shared node they leave the cores to the walkers still
-computing.
+One collective per deposition step: the allgather moves a fixed slot per rank (a
+length, then the pickled candidates), the same size on every rank, grown to the
+largest message seen when one does not fit (every rank sees the lengths, and the
+allgather is repeated once with the larger slot: at the first deposition and when
+the messages grow). Simple and deterministic, at a price: a slow walker holds the
+others at each deposition step. Waiting walkers sleep (the allgather is
+non-blocking and polled, with a back-off of at most 2 ms after 2 ms of polling
+that yields the core), they do not spin, so on a shared node they leave the cores
+to the walkers still computing.
 
 **Faults.** A walker whose force client dies waits for the next client as a
 single server does; the others wait at the next deposition step and nothing is
@@ -53,13 +61,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from .bias import GMetaDBias, HillCandidates
+from .hillsfile import HillRecord
 
 log = logging.getLogger("gmetad.walkers")
 
@@ -71,6 +82,8 @@ LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
 MAX_POLL_SECONDS = 2e-3
 #: how long a waiting walker polls without sleeping first (yielding its core), s
 SPIN_SECONDS = 2e-3
+#: the allgather's first slot per rank, bytes (grown to the largest message seen)
+INITIAL_SLOT_BYTES = 1 << 16
 #: the placeholder for the walker index in addresses and paths
 PLACEHOLDER = "{walker}"
 
@@ -96,13 +109,22 @@ class WalkerGroup:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.hills_path = hills_path
-        #: exchanges done and the wall time they took, s (waiting for the others to
-        #: reach the deposition step excluded: that is wait_seconds)
+        #: exchanges done and the wall time they took, s (the wait for the other
+        #: walkers to reach the deposition step included: it is part of collective_seconds)
         self.exchanges = 0
         self.exchange_seconds = 0.0
-        self.wait_seconds = 0.0
-        #: of exchange_seconds: applying (rank 0) or replaying (the others) the hills, s
+        #: of exchange_seconds: in the allgather (waiting for the last walker, transfer), s
+        self.collective_seconds = 0.0
+        #: of exchange_seconds: adding every walker's hills to this rank's bias, s
         self.apply_seconds = 0.0
+        #: CRC-32 of every hill record this rank has applied, in order (compared at
+        #: each exchange: equal on every rank means bit-identical hill sets)
+        self.checksum = 0
+        # the allgather's slot per rank, bytes: the same on every rank, grown to the
+        # largest message seen (see _allgather)
+        self._slot = INITIAL_SLOT_BYTES
+        self._send = np.empty(0, dtype=np.uint8)
+        self._receive = np.empty(0, dtype=np.uint8)
 
     @classmethod
     def from_environment(cls) -> "WalkerGroup | None":
@@ -121,36 +143,55 @@ class WalkerGroup:
         return cls(comm)
 
     # -- collectives that sleep while waiting ---------------------------------
-    def wait_for_all(self) -> None:
-        """Return when every rank has called this: a barrier polled for up to
-        SPIN_SECONDS while yielding the core, then with sleeps of growing length."""
+    @staticmethod
+    def _wait(request) -> None:
+        """Return when the non-blocking MPI ``request`` is complete: polled for up to
+        SPIN_SECONDS while yielding the core (ranks that arrive together pass
+        without the latency of a sleep), then with sleeps of growing length."""
         start = time.perf_counter()
-        request = self.comm.Ibarrier()
-        # a short spin first, yielding the core to anything runnable: walkers that
-        # arrive together pass without the latency of a sleep
         while not request.Test():
             if time.perf_counter() - start > SPIN_SECONDS:
                 break
             os.sched_yield()
         else:
-            self.wait_seconds += time.perf_counter() - start
             return
         delay = 2e-5
         while not request.Test():
             time.sleep(delay)
             delay = min(2 * delay, MAX_POLL_SECONDS)
-        self.wait_seconds += time.perf_counter() - start
 
-    def _sleep_until_all_here(self) -> None:
-        """:meth:`wait_for_all` inside an exchange (its waiting is exchange time)."""
-        waited = self.wait_seconds
-        self.wait_for_all()
-        self.wait_seconds = waited
+    def wait_for_all(self) -> None:
+        """Return when every rank has called this (a barrier that sleeps while waiting)."""
+        self._wait(self.comm.Ibarrier())
+
+    def _allgather(self, message: bytes) -> list[bytes]:
+        """Every rank's ``message``, in rank order: one non-blocking MPI allgather of
+        a fixed slot per rank (8 bytes of length, then the message), polled as
+        :meth:`_wait` does. The slot is the same on every rank; when a message does
+        not fit, every rank sees it from the lengths, grows the slot to the largest
+        and the allgather is repeated once (so a run pays that only when its
+        messages grow, e.g. at its first deposition)."""
+        from mpi4py import MPI
+        while True:
+            slot = self._slot
+            if len(self._send) != slot:
+                self._send = np.empty(slot, dtype=np.uint8)
+                self._receive = np.empty(slot * self.size, dtype=np.uint8)
+            fits = len(message) <= slot - 8
+            self._send[:8] = np.frombuffer(np.int64(len(message)).tobytes(), dtype=np.uint8)
+            if fits:
+                self._send[8: 8 + len(message)] = np.frombuffer(message, dtype=np.uint8)
+            self._wait(self.comm.Iallgather([self._send, MPI.BYTE], [self._receive, MPI.BYTE]))
+            slots = self._receive.reshape(self.size, slot)
+            lengths = slots[:, :8].copy().view(np.int64)[:, 0]
+            largest = int(lengths.max())
+            if largest <= slot - 8:
+                return [slots[r, 8: 8 + int(n)].tobytes() for r, n in enumerate(lengths)]
+            self._slot = max(2 * slot, 1 << int(largest + 8 - 1).bit_length())
 
     def allgather(self, value):
-        """Every rank's ``value``, in rank order (after a sleeping barrier)."""
-        self.wait_for_all()
-        return self.comm.allgather(value)
+        """Every rank's ``value`` (any picklable object), in rank order."""
+        return [pickle.loads(m) for m in self._allgather(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))]
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job (MPI_Abort; mpirun names this rank)."""
@@ -159,50 +200,41 @@ class WalkerGroup:
     # -- the hill exchange -----------------------------------------------------
     def share(self, bias: GMetaDBias, step: int, candidates: Sequence[HillCandidates],
               done: bool = False) -> bool:
-        """One lockstep exchange (see the module docstring): this walker's hill
-        candidates of MD step ``step`` go to rank 0, which applies every walker's in
-        rank order and writes them; every rank then holds the same hills. ``done``:
+        """One lockstep exchange (see the module docstring): one allgather of every
+        walker's hill candidates of MD step ``step``, which every rank then adds to
+        its bias in rank order (rank 0 also writes them to the hills file). ``done``:
         this walker's i-PI has ended (it contributes nothing). Returns whether every
-        walker has ended."""
-        self.wait_for_all()
+        walker has ended. A WalkerError, the same on every rank, when the walkers are
+        at different deposition steps or their hill sets have come to differ."""
         start = time.perf_counter()
-        gathered = self.comm.gather((step, list(candidates), done), root=0)
-        payload = None
-        if self.rank == 0:
-            applying = time.perf_counter()
-            payload = self._apply_gathered(bias, gathered)
-            self.apply_seconds += time.perf_counter() - applying
-        # the others sleep while rank 0 applies the hills (a blocking broadcast would
-        # spin and take the core rank 0 needs on a crowded node)
-        self._sleep_until_all_here()
-        records, all_done, error = self.comm.bcast(payload, root=0)
-        if error:
-            raise WalkerError(error)
-        if self.rank != 0:
-            applying = time.perf_counter()
-            bias.apply_records(records, where=f"hill records of step {step} from walker 0")
-            self.apply_seconds += time.perf_counter() - applying
-        self.exchanges += 1
-        self.exchange_seconds += time.perf_counter() - start
-        return all_done
-
-    @staticmethod
-    def _apply_gathered(bias: GMetaDBias, gathered) -> tuple[list, bool, str | None]:
-        active = [(rank, s, c) for rank, (s, c, d) in enumerate(gathered) if not d]
-        all_done = not active
+        if self.exchanges == 0:   # the hills every rank starts from are compared too
+            self.checksum = zlib.crc32(hill_digest(bias).encode())
+        gathered = self.allgather((step, list(candidates), done, self.checksum))
+        gathered_at = time.perf_counter()
+        self.collective_seconds += gathered_at - start
+        differing = [r for r, (_, _, _, checksum) in enumerate(gathered) if checksum != gathered[0][3]]
+        if differing:
+            raise WalkerError(f"before step {step} the hills of walker{'s' if len(differing) > 1 else ''} "
+                              f"{', '.join(map(str, differing))} differ from walker 0's (CRC-32 of the hill "
+                              "records each has applied): the walkers made different hills of the same "
+                              "candidates; run every walker with the same configuration and build on the "
+                              "same kind of CPU")
+        active = [(rank, s, groups) for rank, (s, groups, d, _) in enumerate(gathered) if not d]
         steps = sorted({s for _, s, _ in active})
         if len(steps) > 1:
             where = ", ".join(f"walker {rank} at step {s}" for rank, s, _ in active)
-            return [], all_done, (f"walkers meet at different deposition steps ({where}): every walker "
-                                  "must run the same stride from the same step")
-        records = []
+            raise WalkerError(f"walkers meet at different deposition steps ({where}): every walker "
+                              "must run the same stride from the same step")
         if active:
             bias.step_count = steps[0]
-            for rank, _, groups in active:
+            for _, _, groups in active:
                 _, written = bias.apply_candidates(groups)
-                records.extend(written)
+                self.checksum = records_checksum(written, self.checksum)
             bias.step_count = steps[0] + 1
-        return records, all_done, None
+        self.apply_seconds += time.perf_counter() - gathered_at
+        self.exchanges += 1
+        self.exchange_seconds += time.perf_counter() - start
+        return not active
 
     def finish(self, bias: GMetaDBias | None) -> None:
         """After this walker's i-PI has ended: take part in the exchanges of the
@@ -218,6 +250,17 @@ class WalkerGroup:
         self.wait_for_all()
         if bias is not None and self.rank != 0 and self.hills_path and os.path.exists(self.hills_path):
             bias.load_hills(self.hills_path)
+
+
+def records_checksum(records: Sequence[HillRecord], checksum: int = 0) -> int:
+    """CRC-32 of hill records (id, step, element, height, centre and metric bits),
+    continuing ``checksum``."""
+    for r in records:
+        checksum = zlib.crc32(f"{r.element} {r.id} {r.step} ".encode(), checksum)
+        checksum = zlib.crc32(np.float64(r.height).tobytes(), checksum)
+        checksum = zlib.crc32(np.ascontiguousarray(r.centre, dtype=np.float64), checksum)
+        checksum = zlib.crc32(np.ascontiguousarray(r.metric, dtype=np.float64), checksum)
+    return checksum
 
 
 def hill_digest(bias: GMetaDBias) -> str:

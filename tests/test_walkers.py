@@ -12,6 +12,7 @@ deadline.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -378,3 +379,65 @@ def test_runaway_guard_holds_back_one_walkers_hills(tmp_path):
     assert 0 < held < 2 * len(range(STRIDE, STEPS + 1, STRIDE)), "the limit held back nothing or everything"
     check_digests = digests(log)
     assert len(set(check_digests.values())) == 1 and len(check_digests) == 2
+
+
+# --------------------------------------------------------------------------- #
+# the exchange itself, under mpirun
+# --------------------------------------------------------------------------- #
+
+EXCHANGE_SCRIPT = '''
+"""Rank 1's bias deposits higher hills than the others' (as a rank with another
+build or configuration would): the exchange after it reports the difference."""
+import json
+import sys
+
+import numpy as np
+from ase.io import read
+from mpi4py import MPI
+
+from biasserver.bias import GMetaDBias
+from biasserver.symmetry import SymmetryFunctions
+from biasserver.walkers import WalkerError, WalkerGroup, hill_digest
+
+comm = MPI.COMM_WORLD
+rank, size = comm.Get_rank(), comm.Get_size()
+group = WalkerGroup(comm)
+# messages that outgrow the allgather's slot, then shrink: every rank gets all of them
+for n in (10, 100_000, 300_000, 5):
+    got = group.allgather(bytes([rank]) * (n + rank))
+    assert [m for m in got] == [bytes([r]) * (n + r) for r in range(size)], n
+atoms = read(sys.argv[1])
+atoms.positions[-1] += np.random.default_rng(rank).normal(0, 0.1, 3)
+bias = GMetaDBias(SymmetryFunctions.default(["Pt", "H"], 4.5), height=0.05 if rank != 1 else 0.06,
+                  width=0.5, stride=5, species={"H": 1.0, "Pt": 0.0})
+candidates = bias.hill_candidates(atoms)
+group.share(bias, 5, candidates)
+after = (bias.n_hills, hill_digest(bias))
+try:
+    group.share(bias, 10, candidates)
+    error = None
+except WalkerError as err:
+    error = str(err)
+results = comm.gather((after, error), root=0)
+if rank == 0:
+    print(json.dumps(results))
+'''
+
+
+def test_exchange_finds_hill_sets_that_differ(tmp_path):
+    from test_server import REPO
+    walkers = 3
+    write(tmp_path / "slab.xyz", pt_h_slab())
+    (tmp_path / "exchange.py").write_text(EXCHANGE_SCRIPT)
+    env = mpi_environment(dict(os.environ, PYTHONPATH=str(REPO)))
+    out = subprocess.run(mpi_command(walkers, [sys.executable, "exchange.py", "slab.xyz"]), cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=DEADLINE)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = json.loads(out.stdout)
+    # every rank holds every walker's hill of step 5; rank 1's are higher
+    assert [n for (n, _), _ in results] == [walkers] * walkers
+    digests = [d for (_, d), _ in results]
+    assert digests[0] == digests[2] != digests[1]
+    # the next exchange says so, on every rank
+    for _, error in results:
+        assert error is not None and "before step 10 the hills of walker 1 differ from walker 0's" in error
