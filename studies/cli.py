@@ -41,58 +41,48 @@ def main(args) -> int:
     if args.system == "gete":
         return gete_main(args)
     if args.system == "pt111-h":
-        return pt111_h_main(args)
+        from . import pt111_h
+        return _settings_study(args, pt111_h, default_truth="emt")
     from . import si
-    from .pipeline import StageError, load_overrides, single_threaded
+    return _settings_study(args, si, default_truth="sw")
+
+
+def _settings_study(args, study, default_truth: str) -> int:
+    """A study with ``settings(quick, overrides, where)`` and ``run_study(workdir, settings, truth)``
+    (Si, Pt(111)-H): overrides from ``--settings`` and ``--jobs``, errors of a stage reported."""
+    from .pipeline import load_overrides, single_threaded
 
     single_threaded()
-
     overrides = load_overrides(args.settings)
     if args.jobs is not None:
         overrides["jobs"] = args.jobs
-    settings = si.settings(args.quick, overrides, where=args.settings or "--jobs")
-    workdir = args.workdir or f"reproduce-{args.system}{'-quick' if args.quick else ''}"
-    try:
-        si.run_study(workdir, settings, truth=args.truth or "sw")
-    except StageError as err:
-        print(f"gmetad reproduce: {err}\ngmetad reproduce: finished stages are kept in {workdir}; "
-              "run the same command again to resume", file=sys.stderr)
-        return 1
-    return 0
+    settings = study.settings(args.quick, overrides, where=args.settings or "--jobs")
+    workdir = _workdir(args)
+    return _staged(lambda: study.run_study(workdir, settings, truth=args.truth or default_truth), workdir)
 
 
 def gete_main(args) -> int:
     """``gmetad reproduce gete``: the GeTe study (CHGNet reference, fixed settings)."""
     from . import gete
-    from .pipeline import StageError
 
     if args.truth not in (None, "sw", "chgnet") or args.settings or args.jobs is not None:
         print("gmetad reproduce gete: the GeTe study runs CHGNet with its own settings, one run at a time "
               "(--truth, --settings and --jobs are for si)", file=sys.stderr)
         return 2
-    workdir = args.workdir or f"reproduce-gete{'-quick' if args.quick else ''}"
+    workdir = _workdir(args)
+    return _staged(lambda: gete.reproduce(workdir, args.quick), workdir)
+
+
+def _workdir(args) -> str:
+    return args.workdir or f"reproduce-{args.system}{'-quick' if args.quick else ''}"
+
+
+def _staged(run, workdir: str) -> int:
+    """Run a study; a failed stage is reported with where the finished stages are kept (exit 1)."""
+    from .pipeline import StageError
+
     try:
-        gete.reproduce(workdir, args.quick)
-    except StageError as err:
-        print(f"gmetad reproduce: {err}\ngmetad reproduce: finished stages are kept in {workdir}; "
-              "run the same command again to resume", file=sys.stderr)
-        return 1
-    return 0
-
-
-def pt111_h_main(args) -> int:
-    """``gmetad reproduce pt111-h``: studies.pt111_h with the same options."""
-    from . import pt111_h
-    from .pipeline import StageError, load_overrides, single_threaded
-
-    single_threaded()
-    overrides = load_overrides(args.settings)
-    if args.jobs is not None:
-        overrides["jobs"] = args.jobs
-    settings = pt111_h.settings(args.quick, overrides, where=args.settings or "--jobs")
-    workdir = args.workdir or f"reproduce-{args.system}{'-quick' if args.quick else ''}"
-    try:
-        pt111_h.run_study(workdir, settings, truth=args.truth or "emt")
+        run()
     except StageError as err:
         print(f"gmetad reproduce: {err}\ngmetad reproduce: finished stages are kept in {workdir}; "
               "run the same command again to resume", file=sys.stderr)
