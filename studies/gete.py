@@ -61,6 +61,35 @@ QUICK_STEPS = 40
 QUICK_REPEAT = 1
 QUICK_STRIDE = 10
 
+#: the training-set comparison (issue 11, item 4), fixed before any training:
+#: test frames made with CHGNet (studies.gete_nnp), then from each training set
+#: (the plain MD and each G-metaD run in ``g_runs``: 1000 reference evaluations
+#: each) a pool evenly spaced over its frames, ``train_frames`` by farthest-point
+#: sampling, ``test_frames`` held out; one committee per set, identical settings.
+#: Amorphous: 8 % below the crystal's density (amorphous GeTe is 5.6 g/cm3 against
+#: the crystal's 6.1), a liquid at 2000 K (twice GeTe's melting point) from random
+#: positions, quenched to 300 K in 0.8 ps, annealed 0.5 ps. Rhombohedral: 0.6 ps
+#: at 300 K from the distorted cell.
+COMPARISON: dict[str, Any] = {
+    "amorphous": {"repeat": 2, "density_factor": 0.92, "melt_temperature": 2000.0, "melt_steps": 250,
+                  "quench_steps": 400, "final_temperature": 300.0, "anneal_steps": 250, "every": 5,
+                  "timestep": TIMESTEP, "seed": 7},
+    "rhombohedral": {"repeat": 2, "u": 0.3, "strain": 0.02, "temperature": 300.0, "steps": 300, "every": 5,
+                     "timestep": TIMESTEP, "seed": 11},
+    "reference_run": "plain", "g_runs": ["gmetad-101"],
+    "pool": 500, "train_frames": 150, "test_frames": 50,
+    "training": {"committee": 3, "epochs": 80, "patience": 30, "seed": 0, "symmetry": SYMMETRY},
+}
+#: the same at toy size (--quick): 8 atoms, a few dozen MD steps, a few epochs
+QUICK_COMPARISON: dict[str, Any] = {
+    **COMPARISON,
+    "amorphous": {**COMPARISON["amorphous"], "repeat": 1, "melt_steps": 15, "quench_steps": 15,
+                  "anneal_steps": 10, "closest": 2.3},
+    "rhombohedral": {**COMPARISON["rhombohedral"], "repeat": 1, "steps": 20},
+    "pool": 40, "train_frames": 12, "test_frames": 6,
+    "training": {**COMPARISON["training"], "epochs": 4, "patience": 4},
+}
+
 
 def rock_salt(repeat: int = 2, a: float = A_ROCK_SALT) -> Atoms:
     """Rock-salt GeTe, ``repeat``^3 conventional cells (8 atoms each; 2 -> 64 atoms)."""
@@ -102,12 +131,16 @@ def sample_all(workdir: str, specs: Sequence, stream: TextIO = sys.stderr) -> di
 
 def reproduce(workdir: str, quick: bool = False, stream: TextIO = sys.stderr) -> dict[str, Any]:
     """The whole GeTe study in ``workdir`` as cached stages (:class:`studies.pipeline.Pipeline`):
-    ``sample-<run>`` for the four G-metaD runs and the plain MD, then ``analysis``
-    (``analysis/gete.json``, ``gete.png``, ``gete-snapshots.png``). ``quick``: 8
-    atoms, :data:`QUICK_STEPS` steps, hills every :data:`QUICK_STRIDE` steps.
-    Returns the analysis stage's outputs."""
+    ``sample-<run>`` for the four G-metaD runs and the plain MD (a finished run of
+    the same specification found in a stage's folder is collected, not rerun), then
+    ``analysis`` (``analysis/gete.json``, ``gete.png``, ``gete-snapshots.png``),
+    then the training-set comparison (:func:`training_comparison`, settings
+    :data:`COMPARISON`; ``comparison/gete-nnp.json``). ``quick``: 8 atoms,
+    :data:`QUICK_STEPS` steps, hills every :data:`QUICK_STRIDE` steps, and
+    :data:`QUICK_COMPARISON`. Returns the analysis stage's outputs with the
+    comparison's under ``comparison``."""
     from .gete_analysis import analyse
-    from .pipeline import Pipeline, sample, single_threaded
+    from .pipeline import Pipeline, run_matches, sample, single_threaded
 
     single_threaded()
     steps = QUICK_STEPS if quick else FULL_STEPS
@@ -124,7 +157,9 @@ def reproduce(workdir: str, quick: bool = False, stream: TextIO = sys.stderr) ->
         def run(folder: str, resume: bool, spec=spec) -> dict:
             return sample(spec, folder, SYMMETRY, stream=stream).to_dict()
 
-        pipeline.stage(name, {"run": spec.describe(), "symmetry": SYMMETRY}, run)
+        # a finished run of this very spec found in the stage folder is collected, not rerun
+        pipeline.stage(name, {"run": spec.describe(), "symmetry": SYMMETRY}, run,
+                       adopt=lambda folder, spec=spec: run_matches(spec, folder, SYMMETRY))
         folders[spec.name] = pipeline.path(name)
     settings = {"steps": steps, "atoms": len(specs[0].structure), "temperature_K": TEMPERATURE,
                 "timestep_fs": TIMESTEP, "bias": bias, "seeds": list(GMETAD_SEEDS), "plain_seed": PLAIN_SEED}
@@ -137,7 +172,90 @@ def reproduce(workdir: str, quick: bool = False, stream: TextIO = sys.stderr) ->
     outputs = pipeline.stage("analysis", settings, analysis, depends=[f"sample-{s.name}" for s in specs])
     for line in outputs["summary"]:
         pipeline.say(line)
-    return outputs
+    comparison = training_comparison(pipeline, QUICK_COMPARISON if quick else COMPARISON)
+    for line in comparison["summary"]:
+        pipeline.say(line)
+    return {**outputs, "comparison": comparison}
+
+
+def training_comparison(pipeline, c: Mapping[str, Any]) -> dict[str, Any]:
+    """The stages of the training-set comparison after the sampling stages of
+    ``pipeline``: ``test-amorphous``, ``test-rhombohedral`` (CHGNet MD, ASE),
+    ``select-<set>`` and ``train-<set>`` for the plain MD (set ``MD``) and each
+    G-metaD run of ``c["g_runs"]`` (set ``G<seed>``), then ``errors`` (every
+    committee on both test sets, every set's held-out frames and every set's
+    training frames) and ``comparison`` (``comparison/gete-nnp.json``). Returns
+    the comparison stage's outputs."""
+    from biasserver.symmetry import SymmetryFunctions
+
+    from . import gete_nnp
+    from .pipeline import select_equal_budget, train_committee, write_json
+
+    root = pipeline.workdir
+    absolute = lambda path: path if os.path.isabs(path) else os.path.join(root, path)
+
+    def chgnet():
+        from drivers.calculators import make_calculator
+        return make_calculator("chgnet")
+
+    def amorphous(folder: str, resume: bool) -> dict:
+        frames, record = gete_nnp.melt_quench(chgnet(), **c["amorphous"])
+        write_json(os.path.join(folder, "amorphous-log.json"), record.pop("log"))
+        path = gete_nnp.write_frames(frames, os.path.join(folder, "amorphous.extxyz"))
+        return {"frames": os.path.relpath(path, root), "n_frames": len(frames), "record": record}
+
+    def rhombohedral(folder: str, resume: bool) -> dict:
+        frames, record = gete_nnp.rhombohedral_md(chgnet(), **c["rhombohedral"])
+        write_json(os.path.join(folder, "rhombohedral-log.json"), record.pop("log"))
+        path = gete_nnp.write_frames(frames, os.path.join(folder, "rhombohedral.extxyz"))
+        return {"frames": os.path.relpath(path, root), "n_frames": len(frames), "record": record}
+
+    tests = {"amorphous": pipeline.stage("test-amorphous", c["amorphous"], amorphous),
+             "rhombohedral": pipeline.stage("test-rhombohedral", c["rhombohedral"], rhombohedral)}
+    sf = SymmetryFunctions.default(SYMMETRY["default"]["elements"], SYMMETRY["default"]["cutoff"])
+    runs = {"MD": c["reference_run"], **{"G" + r.split("-")[-1]: r for r in c["g_runs"]}}
+    selection, models = {}, {}
+    for name, run in runs.items():
+        frames_path = pipeline.markers[f"sample-{run}"]["outputs"]["frames"]
+
+        def select(folder: str, resume: bool, name=name, frames_path=frames_path) -> dict:
+            out = select_equal_budget({name: [frames_path]}, c["train_frames"], c["test_frames"], c["pool"], sf,
+                                      folder)[name]
+            return gete_nnp.relpaths(out, root)
+
+        selection[name] = pipeline.stage(f"select-{name}", {k: c[k] for k in ("pool", "train_frames", "test_frames")},
+                                         select, depends=[f"sample-{run}"])
+
+        def train(folder: str, resume: bool, name=name) -> dict:
+            with open(os.path.join(folder, "train.log"), "a") as log:
+                out = train_committee(absolute(selection[name]["train"]), os.path.join(folder, f"nnp-{name}.pt"),
+                                      c["training"], stream=log)
+            return {**out, "model": os.path.relpath(out["model"], root)}
+
+        models[name] = pipeline.stage(f"train-{name}", {"training": c["training"]}, train,
+                                      depends=[f"select-{name}"])
+    frame_sets = {"amorphous": absolute(tests["amorphous"]["frames"]),
+                  "rhombohedral": absolute(tests["rhombohedral"]["frames"]),
+                  **{f"{n} test": absolute(s["test"]) for n, s in selection.items()},
+                  **{f"{n} train": absolute(s["train"]) for n, s in selection.items()}}
+
+    def errors(folder: str, resume: bool) -> dict:
+        return gete_nnp.error_table({f"NNP-{n}": absolute(m["model"]) for n, m in models.items()}, frame_sets)
+
+    depends = ["test-amorphous", "test-rhombohedral"] + [f"{k}-{n}" for n in runs for k in ("select", "train")]
+    table = pipeline.stage("errors", {"sets": sorted(frame_sets)}, errors, depends=depends)
+
+    def report(folder: str, resume: bool) -> dict:
+        verdicts = {f"NNP-{n}": gete_nnp.compare(table, f"NNP-{n}", "NNP-MD") for n in runs if n != "MD"}
+        data = {"settings": dict(c), "tests": tests, "selection": selection, "models": models,
+                "errors": table, "verdicts": verdicts,
+                "rock_salt": gete_nnp.order_statistics(rock_salt(c["amorphous"]["repeat"])),
+                "stage_seconds": pipeline.timings()}
+        path = os.path.join(folder, "gete-nnp.json")
+        write_json(path, data)
+        return {"json": os.path.relpath(path, root), "summary": gete_nnp.summary_lines(data)}
+
+    return pipeline.stage("comparison", {"version": 1}, report, depends=["errors"])
 
 
 def summary(data: Mapping[str, Any]) -> list[str]:

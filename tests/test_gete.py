@@ -288,3 +288,90 @@ def test_a_sampling_stage_adopts_a_finished_run_of_its_own_spec_and_clears_anoth
     Pipeline(str(work), stream=open(os.devnull, "w")).stage(
         "sample-other", {"run": other.describe()}, fresh, adopt=lambda f: run_matches(other, f, symmetry))
     assert seen == [(False, [])]
+
+
+# --------------------------------------------------------------------------- #
+# test frames of the training-set comparison
+# --------------------------------------------------------------------------- #
+
+
+def test_rhombohedral_cell_has_the_peierls_distortion_and_ge_shift_measures_it():
+    from studies.gete_nnp import N111, ge_shift, rhombohedral
+
+    atoms = rhombohedral(2, u=0.3, strain=0.02)
+    symbols = np.array(atoms.get_chemical_symbols())
+    for ge in np.flatnonzero(symbols == "Ge")[:4]:
+        d = atoms.get_distances(ge, range(len(atoms)), mic=True)
+        nearest = np.argsort(d)[1:7]
+        assert set(symbols[nearest]) == {"Te"}
+        bonds = np.sort(d[nearest])
+        assert bonds[:3].max() < 2.9 and bonds[3:].min() > 3.15     # 3 short + 3 long, alpha-GeTe-like
+    back = atoms.copy()
+    back.positions[symbols == "Ge"] -= 0.3 * N111                    # Ge back on the Te sublattice's centres
+    back.positions[5] += atoms.cell[0]                               # written a cell away: unwrapped
+    np.testing.assert_allclose(ge_shift([atoms, back], atoms, 0.3), [0.3, 0.0], atol=1e-12)
+
+
+def test_order_statistics_tell_rock_salt_from_a_random_structure():
+    from studies.gete_nnp import order_statistics, random_start
+
+    crystal = order_statistics(rock_salt(2))
+    assert crystal["coordination"] == {"Ge": 6.0, "Te": 6.0}
+    assert crystal["like_bond_fraction"] == 0.0
+    assert crystal["octahedral_angle_fraction"] == 1.0
+    start = random_start(2, density_factor=0.92, closest=2.4, seed=3)
+    assert start.get_volume() == pytest.approx(rock_salt(2).get_volume() / 0.92, rel=1e-12)
+    d = start.get_all_distances(mic=True)
+    assert d[np.triu_indices(len(start), 1)].min() >= 2.4
+    random = order_statistics(start)
+    assert random["like_bond_fraction"] > 0.2
+    assert random["octahedral_angle_fraction"] < 0.7
+    assert random["non_rock_salt"]["Ge"] > 0.9 and random["non_rock_salt"]["Te"] > 0.9
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    from drivers.calculators import make_calculator
+    return make_calculator("chgnet")
+
+
+def test_melt_quench_frames_come_from_the_anneal_with_chgnet_results(chgnet):
+    from studies.gete_nnp import melt_quench
+
+    frames, record = melt_quench(chgnet, repeat=1, melt_steps=6, quench_steps=4, anneal_steps=6, every=3,
+                                 closest=2.3, seed=5)
+    assert len(frames) == 2 and [f.info["step"] for f in frames] == [13, 16]
+    assert all(f.info["target_temperature"] == 300.0 for f in frames)
+    np.testing.assert_allclose(record["log"]["target"][:7], [2000.0] * 6 + [1575.0])
+    assert record["quench_rate_K_per_ps"] == pytest.approx(1700 / 0.008)
+    probe = frames[-1].copy()
+    probe.calc = chgnet
+    assert frames[-1].get_potential_energy() == pytest.approx(probe.get_potential_energy(), abs=1e-4)
+    np.testing.assert_allclose(frames[-1].get_forces(), probe.get_forces(), atol=1e-4)
+    assert record["final"]["octahedral_angle_fraction"] < 0.9            # not rock salt's 1
+    assert record["final"]["non_rock_salt"]["Ge"] > 0.5
+
+
+def test_rhombohedral_md_frames_start_distorted(chgnet):
+    from studies.gete_nnp import rhombohedral_md
+
+    frames, record = rhombohedral_md(chgnet, repeat=1, steps=6, every=2, temperature=300.0)
+    assert [f.info["step"] for f in frames] == [2, 4, 6]
+    assert len(record["ge_shift"]) == 3
+    assert abs(record["ge_shift"][0] - 0.3) < 0.1          # 4 fs in: still the start's shift
+    assert record["start"]["octahedral_angle_fraction"] == 1.0
+    assert all(np.isfinite(f.get_forces()).all() for f in frames)
+
+
+def test_compare_ranks_only_beyond_the_members_spread():
+    from studies.gete_nnp import compare
+
+    def row(e_mean, e_std, f_mean, f_std):
+        return {"energy_rmse_member_mean": e_mean, "energy_rmse_member_std": e_std,
+                "force_rmse_member_mean": f_mean, "force_rmse_member_std": f_std}
+
+    table = {"A": {"s": row(0.010, 0.001, 0.20, 0.01)}, "B": {"s": row(0.020, 0.002, 0.21, 0.01)}}
+    verdict = compare(table, "A", "B")["s"]
+    assert verdict["energy"]["lower"] == "A" and verdict["force"]["lower"] == "within noise"
+    assert verdict["energy"]["noise"] == pytest.approx(0.003)
+    assert compare(table, "B", "A")["s"]["energy"]["lower"] == "A"
