@@ -66,6 +66,8 @@ QUICK_STRIDE = 10
 #: (the plain MD and each G-metaD run in ``g_runs``: 1000 reference evaluations
 #: each) a pool evenly spaced over its frames, ``train_frames`` by farthest-point
 #: sampling, ``test_frames`` held out; one committee per set, identical settings.
+#: One NNP-G per G-metaD run, so that each NNP-G has exactly NNP-MD's budget and
+#: the four show how much NNP-G varies from run to run.
 #: Amorphous: 8 % below the crystal's density (amorphous GeTe is 5.6 g/cm3 against
 #: the crystal's 6.1), a liquid at 2000 K (twice GeTe's melting point) from random
 #: positions, quenched to 300 K in 0.8 ps, annealed 0.5 ps. Rhombohedral: 0.6 ps
@@ -76,7 +78,7 @@ COMPARISON: dict[str, Any] = {
                   "timestep": TIMESTEP, "seed": 7},
     "rhombohedral": {"repeat": 2, "u": 0.3, "strain": 0.02, "temperature": 300.0, "steps": 300, "every": 5,
                      "timestep": TIMESTEP, "seed": 11},
-    "reference_run": "plain", "g_runs": ["gmetad-101"],
+    "reference_run": "plain", "g_runs": [f"gmetad-{seed}" for seed in GMETAD_SEEDS],
     "pool": 500, "train_frames": 150, "test_frames": 50,
     "training": {"committee": 3, "epochs": 80, "patience": 30, "seed": 0, "symmetry": SYMMETRY},
 }
