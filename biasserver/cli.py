@@ -5,7 +5,7 @@
     gmetad run DIR               i-PI + server + driver for an example directory
     gmetad run DIR --resume      continue its stopped run from i-PI's newest checkpoint
     gmetad hills FILE            summarise a hills file
-    gmetad select FRAMES ...     pick a training subset from recorded frames
+    gmetad select FRAMES... -o F pick a training subset from recorded frames (files, run folders)
     gmetad train FRAMES... -o M  train a neural-network potential (package nnp)
     gmetad test MODEL FRAMES...  a potential's errors on reference frames
     gmetad reproduce si          the Si study of the paper's Fig. 4 (package studies)
@@ -170,9 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_hills)
 
     p = sub.add_parser("select", help="pick a training subset from recorded frames")
-    p.add_argument("frames", help="extxyz file written by the recorder")
+    p.add_argument("frames", nargs="+", help="extxyz files written by the recorder (e.g. one per walker), "
+                                             "or run folders (a walkers run's: its walker-<r>/frames.extxyz)")
     p.add_argument("--output", "-o", required=True)
-    p.add_argument("--stride", type=int, default=1, help="keep every n-th frame first")
+    p.add_argument("--stride", type=int, default=1, help="keep every n-th frame of each file first")
     p.add_argument("--fps", type=int, help="then keep this many by farthest-point sampling in G space")
     p.add_argument("--config", help="run configuration giving the symmetry functions (default: the "
                                     "method's default set for the frames' elements)")

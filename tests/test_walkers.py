@@ -306,6 +306,53 @@ def test_gmetad_run_with_walkers(example_run):
     assert "walker 0:" in report and "walker 1:" in report and "all walkers:" in report
 
 
+def gmetad_select(*args) -> subprocess.CompletedProcess:
+    from test_server import REPO
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "biasserver.cli", "select", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=DEADLINE)
+
+
+def test_select_takes_every_walkers_frames(example_run, tmp_path):
+    """gmetad select over a walkers run: its folder, or its walkers' files named one
+    by one; every frame picked is one of its walker's, walker field kept."""
+    out = example_run / "gmetad"
+    files = [out / f"walker-{r}" / "frames.extxyz" for r in range(2)]
+    recorded = {r: {a.info["step"]: a for a in read(files[r], ":")} for r in range(2)}
+    from_folder, from_files = tmp_path / "folder.extxyz", tmp_path / "files.extxyz"
+    result = gmetad_select(out, "--fps", 12, "-o", from_folder)
+    assert result.returncode == 0, result.stderr
+    assert f"selected 12 of {2 * (RUN_STEPS + 1)} frames" in result.stderr
+    assert gmetad_select(*files, "--fps", 12, "-o", from_files).returncode == 0
+    assert from_files.read_text() == from_folder.read_text()
+    picked = read(from_folder, ":")
+    assert len(picked) == 12 and {a.info["walker"] for a in picked} == {0, 1}
+    for a in picked:
+        original = recorded[a.info["walker"]][a.info["step"]]
+        assert a.info["bead"] == 0 and a.info["n_hills"] == original.info["n_hills"]
+        np.testing.assert_array_equal(a.positions, original.positions)
+        np.testing.assert_array_equal(a.get_forces(), original.get_forces())
+        assert a.get_potential_energy() == original.get_potential_energy()
+    # the stride applies to each walker's trajectory
+    assert gmetad_select(out, "--stride", 10, "-o", tmp_path / "strided.extxyz").returncode == 0
+    strided = read(tmp_path / "strided.extxyz", ":")
+    assert [(a.info["walker"], a.info["step"]) for a in strided] == [(r, s) for r in range(2) for s in (0, 10, 20, 30)]
+
+
+def test_select_errors_name_the_file_at_fault(example_run, tmp_path):
+    good = example_run / "gmetad" / "walker-0" / "frames.extxyz"
+    broken = tmp_path / "broken.extxyz"
+    broken.write_text("2\nLattice=\"1 0 0 0 1 0 0 0 1\" Properties=species:S:1:pos:R:3\nPt 0 0\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, words in (([good, tmp_path / "missing.extxyz"], "missing.extxyz: no such frames file or run folder"),
+                        ([good, broken], "broken.extxyz: not an extxyz frames file"),
+                        ([empty], "empty: a folder without frames")):
+        result = gmetad_select(*args, "-o", tmp_path / "out.extxyz")
+        assert result.returncode == 1 and words in result.stderr, result.stderr
+    assert not (tmp_path / "out.extxyz").exists()
+
+
 def test_a_killed_rank_ends_the_run_and_resume_continues_every_walker(example_run, tmp_path):
     """SIGKILL of rank 1 mid-run: mpirun ends the job naming the rank, gmetad run
     stops everything; --resume continues both walkers from the newest common
