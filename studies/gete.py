@@ -249,15 +249,16 @@ def training_comparison(pipeline, c: Mapping[str, Any]) -> dict[str, Any]:
 
     def report(folder: str, resume: bool) -> dict:
         verdicts = {f"NNP-{n}": gete_nnp.compare(table, f"NNP-{n}", "NNP-MD") for n in runs if n != "MD"}
+        together = gete_nnp.across_runs(table, [f"NNP-{n}" for n in runs if n != "MD"], "NNP-MD")
         data = {"settings": dict(c), "tests": tests, "selection": selection, "models": models,
-                "errors": table, "verdicts": verdicts,
+                "errors": table, "verdicts": verdicts, "g_runs_together": together,
                 "rock_salt": gete_nnp.order_statistics(rock_salt(c["amorphous"]["repeat"])),
                 "stage_seconds": pipeline.timings()}
         path = os.path.join(folder, "gete-nnp.json")
         write_json(path, data)
         return {"json": os.path.relpath(path, root), "summary": gete_nnp.summary_lines(data)}
 
-    return pipeline.stage("comparison", {"version": 1}, report, depends=["errors"])
+    return pipeline.stage("comparison", {"version": 2}, report, depends=["errors"])
 
 
 def summary(data: Mapping[str, Any]) -> list[str]:

@@ -259,33 +259,55 @@ def order_statistics(atoms: Atoms, cutoff: float = BOND_CUTOFF,
 def error_table(models: Mapping[str, str], frame_sets: Mapping[str, str]) -> dict[str, dict[str, dict]]:
     """Errors against the reference of every committee on every frame set.
 
-    models: committee name -> model file; frame_sets: set name -> extxyz. Per
-    (committee, set): the committee mean's energy RMSE (eV/atom) and force RMSE
-    (eV/A); every member's, with their mean and std over members; the committee's
-    mean spread (std over members of the predicted energy per atom and force)."""
+    models: committee name -> model file; frame_sets: set name -> extxyz (energy
+    and forces of the reference). Per (committee, set): the committee mean's
+    energy RMSE (eV/atom) and force RMSE (eV/A); every member's, with their mean
+    and std over members; the committee's mean spread (std over members of the
+    predicted energy per atom; RMS over atoms of the norm of the force std vector,
+    eV/A); and the RMSE of a constant energy (the set's mean), for scale. Each
+    frame's symmetry functions are computed once per distinct set of functions."""
     from nnp.calculator import member_model
-    from nnp.evaluate import evaluate
+    from nnp.dataset import read_frames
     from nnp.model import load_model
 
-    table: dict[str, dict[str, dict]] = {}
-    for mname, path in models.items():
-        model = load_model(path)
-        table[mname] = {}
-        for sname, frames in frame_sets.items():
-            summary, _ = evaluate(model, [frames])
-            members = [evaluate(member_model(model, k), [frames])[0] for k in range(model.n_members)]
-            e_members = [m["energy_per_atom"]["rmse"] for m in members]
-            f_members = [m["forces"]["rmse"] for m in members]
-            spread = summary.get("uncertainty", {})
-            table[mname][sname] = {
-                "frames": summary["frames"],
-                "energy_rmse": summary["energy_per_atom"]["rmse"], "force_rmse": summary["forces"]["rmse"],
+    loaded = {m: load_model(p) for m, p in models.items()}
+    members = {m: [member_model(model, k) for k in range(model.n_members)] for m, model in loaded.items()}
+    table: dict[str, dict[str, dict]] = {m: {} for m in models}
+    for sname, path in frame_sets.items():
+        data = read_frames(path)
+        n_frames = len(data.atoms)
+        e_true = np.array([data.energies[k] / len(a) for k, a in enumerate(data.atoms)])
+        acc = {m: {"e": [], "f": [], "e_std": [], "f_std": [], "e_m": [[] for _ in members[m]],
+                   "f_m": [[] for _ in members[m]]} for m in models}
+        for k, atoms in enumerate(data.atoms):
+            cache: dict[str, Any] = {}
+            n = len(atoms)
+            for m, model in loaded.items():
+                key = model.symmetry.fingerprint()
+                if key not in cache:
+                    cache[key] = model.symmetry.compute(atoms)
+                pred = model.predict_descriptors(cache[key])
+                a = acc[m]
+                a["e"].append(pred.energy / n - e_true[k])
+                a["f"].append(pred.forces - data.forces[k])
+                a["e_std"].append(pred.energy_std / n)
+                a["f_std"].append(np.linalg.norm(pred.forces_std, axis=1))
+                for j, member in enumerate(members[m]):
+                    p = member.predict_descriptors(cache[key])
+                    a["e_m"][j].append(p.energy / n - e_true[k])
+                    a["f_m"][j].append(p.forces - data.forces[k])
+        rms = lambda x: float(np.sqrt(np.mean(np.square(np.concatenate([np.ravel(v) for v in x])))))
+        for m in models:
+            a = acc[m]
+            e_members = [rms(v) for v in a["e_m"]]
+            f_members = [rms(v) for v in a["f_m"]]
+            table[m][sname] = {
+                "frames": n_frames, "energy_rmse": rms(a["e"]), "force_rmse": rms(a["f"]),
                 "energy_rmse_members": e_members, "force_rmse_members": f_members,
                 "energy_rmse_member_mean": float(np.mean(e_members)), "energy_rmse_member_std": float(np.std(e_members)),
                 "force_rmse_member_mean": float(np.mean(f_members)), "force_rmse_member_std": float(np.std(f_members)),
-                "energy_spread": spread.get("energy_per_atom", {}).get("mean_std"),
-                "force_spread": spread.get("forces", {}).get("mean_std"),
-                "energy_constant_rmse": summary["energy_per_atom_constant"]["rmse"]}
+                "energy_spread": float(np.mean(a["e_std"])), "force_spread": rms(a["f_std"]),
+                "energy_constant_rmse": float(np.std(e_true))}
     return table
 
 
@@ -304,6 +326,26 @@ def compare(table: Mapping[str, Mapping[str, Mapping[str, Any]]], first: str, se
             noise = a[f"{q}_rmse_member_std"] + b[f"{q}_rmse_member_std"]
             out[sname][q] = {"lower": (second if gap > 0 else first) if abs(gap) > noise else "within noise",
                              "difference": gap, "noise": noise}
+    return out
+
+
+def across_runs(table: Mapping[str, Mapping[str, Mapping[str, Any]]], names: Sequence[str],
+                reference: str) -> dict[str, dict]:
+    """The committees ``names`` (one per independent run) taken together against
+    ``reference``, per frame set and quantity: mean and std over the committees of
+    their members' mean RMSE, and the verdict by :func:`compare`'s rule with the
+    spread over runs in place of one committee's member spread."""
+    out: dict[str, dict] = {}
+    for sname in table[reference]:
+        out[sname] = {}
+        for q in ("energy", "force"):
+            values = np.array([table[n][sname][f"{q}_rmse_member_mean"] for n in names])
+            ref = table[reference][sname]
+            gap = float(values.mean() - ref[f"{q}_rmse_member_mean"])
+            noise = float(values.std() + ref[f"{q}_rmse_member_std"])
+            out[sname][q] = {"mean": float(values.mean()), "std_over_runs": float(values.std()),
+                             "runs": values.tolist(), "difference": gap, "noise": noise,
+                             "lower": ("runs" if gap < 0 else reference) if abs(gap) > noise else "within noise"}
     return out
 
 
@@ -332,6 +374,10 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
     for mname, per_set in data["verdicts"].items():
         for sname, v in per_set.items():
             lines.append(f"{mname} vs NNP-MD on {sname}: energy {v['energy']['lower']}, force {v['force']['lower']}")
+    for sname, v in data.get("g_runs_together", {}).items():
+        e, f = v["energy"], v["force"]
+        lines.append(f"NNP-G (all runs) vs NNP-MD on {sname}: E {1000 * e['mean']:.1f} +- {1000 * e['std_over_runs']:.1f} "
+                     f"meV/atom ({e['lower']}), F {f['mean']:.3f} +- {f['std_over_runs']:.3f} eV/A ({f['lower']})")
     return lines
 
 
@@ -350,10 +396,9 @@ def markdown_tables(data: Mapping[str, Any]) -> str:
             cells = []
             for m in models:
                 r = data["errors"][m][sname]
-                spread = r[f"{q}_spread"]
                 cells.append(f"{fmt.format(scale * r[f'{q}_rmse'])}; {fmt.format(scale * r[f'{q}_rmse_member_mean'])} "
                              f"+- {fmt.format(scale * r[f'{q}_rmse_member_std'])}; "
-                             f"{'-' if spread is None else fmt.format(scale * spread)}")
+                             f"{fmt.format(scale * r[f'{q}_spread'])}")
             out.append(f"| {sname} | {data['errors'][models[0]][sname]['frames']} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)

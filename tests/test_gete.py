@@ -1,7 +1,10 @@
-"""GeTe study: both elements biased with their own coefficients, and the
+"""GeTe study: both elements biased with their own coefficients, the
 rock-salt-likeness criterion on rock salt, rhombohedral, antisite and disordered
-structures."""
+structures, a sampling stage collecting a finished run, and the training-set
+comparison's pieces (CHGNet test frames, order statistics, error table, ranking)."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -241,7 +244,6 @@ def test_reproduce_gete_refuses_the_si_options(capsys):
 def test_a_sampling_stage_adopts_a_finished_run_of_its_own_spec_and_clears_another(tmp_path, monkeypatch):
     """A run made outside the pipeline, copied into the stage folder, is collected
     (not rerun) when its inputs are the spec's; a run of another seed is cleared."""
-    import os
     import shutil
 
     from ase.build import bulk
@@ -375,3 +377,63 @@ def test_compare_ranks_only_beyond_the_members_spread():
     assert verdict["energy"]["lower"] == "A" and verdict["force"]["lower"] == "within noise"
     assert verdict["energy"]["noise"] == pytest.approx(0.003)
     assert compare(table, "B", "A")["s"]["energy"]["lower"] == "A"
+
+
+def test_across_runs_uses_the_spread_over_runs():
+    from studies.gete_nnp import across_runs
+
+    def row(e, f, std=0.0):
+        return {"energy_rmse_member_mean": e, "energy_rmse_member_std": std,
+                "force_rmse_member_mean": f, "force_rmse_member_std": std}
+
+    table = {"MD": {"s": row(0.020, 0.30, 0.001)},
+             "G1": {"s": row(0.010, 0.20)}, "G2": {"s": row(0.012, 0.40)}}
+    v = across_runs(table, ["G1", "G2"], "MD")["s"]
+    assert v["energy"]["mean"] == pytest.approx(0.011) and v["energy"]["std_over_runs"] == pytest.approx(0.001)
+    assert v["energy"]["lower"] == "runs"                  # 9 meV apart, noise 2 meV
+    assert v["force"]["lower"] == "within noise"           # runs 0.2 and 0.4: spread 0.1 > gap 0
+
+
+def test_error_table_matches_nnp_evaluate_for_committee_and_members(tmp_path):
+    """error_table computes each frame's functions once for all committees; its
+    numbers are those of ``gmetad test`` (nnp.evaluate) on the same frames."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from nnp.calculator import member_model
+    from nnp.config import load_config
+    from nnp.evaluate import evaluate
+    from nnp.train import train
+    from studies.gete_nnp import error_table
+
+    rng = np.random.default_rng(4)
+    frames = []
+    for k in range(8):
+        atoms = rock_salt(1)
+        atoms.rattle(0.1, seed=k)
+        atoms.calc = SinglePointCalculator(atoms, energy=-33.0 + 0.1 * rng.standard_normal(),
+                                           forces=0.3 * rng.standard_normal((8, 3)))
+        frames.append(atoms)
+    write(tmp_path / "train.extxyz", frames[:6], format="extxyz")
+    write(tmp_path / "test.extxyz", frames[6:], format="extxyz")
+    models = {}
+    for name, seed in (("A", 0), ("B", 5)):
+        config = load_config(None, committee=2, epochs=2, seed=seed, symmetry={"default": {"cutoff": 4.0}})
+        models[name] = str(tmp_path / f"{name}.pt")
+        train([str(tmp_path / "train.extxyz")], models[name], config, stream=open(os.devnull, "w"), plot=False)
+    sets = {"train": str(tmp_path / "train.extxyz"), "test": str(tmp_path / "test.extxyz")}
+    table = error_table(models, sets)
+    for name, path in models.items():
+        for sname, frames_path in sets.items():
+            row = table[name][sname]
+            summary, _ = evaluate(path, [frames_path])
+            assert row["frames"] == summary["frames"]
+            assert row["energy_rmse"] == pytest.approx(summary["energy_per_atom"]["rmse"], rel=1e-9)
+            assert row["force_rmse"] == pytest.approx(summary["forces"]["rmse"], rel=1e-9)
+            assert row["energy_spread"] == pytest.approx(summary["uncertainty"]["energy_per_atom"]["mean_std"],
+                                                         rel=1e-9)
+            for k in range(2):
+                member, _ = evaluate(member_model(path, k), [frames_path])
+                assert row["energy_rmse_members"][k] == pytest.approx(member["energy_per_atom"]["rmse"], rel=1e-9)
+                assert row["force_rmse_members"][k] == pytest.approx(member["forces"]["rmse"], rel=1e-9)
+            assert row["force_rmse_member_std"] == pytest.approx(np.std(row["force_rmse_members"]), rel=1e-12)
