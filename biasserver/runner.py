@@ -135,6 +135,11 @@ def _remove_stale_socket(name: str) -> None:
         probe.close()
 
 
+def is_ipi(name: str) -> bool:
+    """Whether a run's process ``name`` is an i-PI: "i-pi", or "i-pi <r>" of walker r."""
+    return name.split()[0] == "i-pi"
+
+
 def stop_process_groups(processes, grace: float = 10.0) -> None:
     """SIGTERM to the process group of every process still running, then SIGKILL to
     those that have not ended ``grace`` seconds later."""
@@ -262,17 +267,23 @@ class Run:
         """Raise RunFailed when a process failed, or ended cleanly but left i-PI hanging."""
         for name, proc in self.processes.items():
             code = proc.poll()
-            if code is None or (code == 0 and name == "i-pi"):
+            if code is None or (code == 0 and is_ipi(name)):
                 continue
             if code == 0:
                 # the server and driver end on i-PI's EXIT, just before i-PI itself exits
                 self._ended.setdefault(name, time.monotonic())
                 if time.monotonic() - self._ended[name] < 30:
                     continue
+                ipi = next((n for n, p in self.processes.items() if is_ipi(n) and p.poll() is None), "i-pi")
                 raise RunFailed(f"the {name} ended but i-PI did not finish within 30 s; "
-                                f"see {self._log('i-pi')}:\n{self._tail('i-pi')}")
+                                f"see {self._log(ipi)}:\n{self._tail(ipi)}")
+            name, code = self._blame(name, code)
             raise RunFailed(f"the {name} process exited with code {code} before i-PI finished; "
                             f"last lines of {self._log(name)}:\n{self._tail(name)}")
+
+    def _blame(self, name: str, code: int) -> tuple[str, int]:
+        """The failure to report when process ``name`` exited with ``code`` (itself here)."""
+        return name, code
 
     def progress(self) -> str:
         step = 0
@@ -294,10 +305,11 @@ class Run:
         return f"[{self.variant}] step {step}/{self.total_steps}, {hills} hills"
 
     def wait(self) -> None:
-        """Wait for i-PI to finish (printing progress), then for the others to exit."""
+        """Wait for every i-PI to finish (printing progress), then for the others to exit."""
         last_print = 0.0
         interactive = sys.stderr.isatty()
-        while self.processes["i-pi"].poll() is None:
+        ipis = [proc for name, proc in self.processes.items() if is_ipi(name)]
+        while any(proc.poll() is None for proc in ipis):
             self._check_alive()
             now = time.monotonic()
             if now - last_print > (0.5 if interactive else 15):
@@ -308,9 +320,11 @@ class Run:
         if interactive:
             print(file=sys.stderr)
         self._check_alive()
-        for name in ("server", "driver"):
+        for name, proc in self.processes.items():
+            if is_ipi(name):
+                continue
             try:
-                code = self.processes[name].wait(timeout=60)
+                code = proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 raise RunFailed(f"the {name} did not exit within 60 s after i-PI finished") from None
             if code != 0:

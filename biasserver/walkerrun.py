@@ -26,7 +26,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 
 import yaml
@@ -35,7 +34,7 @@ from . import checkpoint
 from .config import RunConfig, as_dict, keep_aside
 from .mpilaunch import mpi_command, mpi_environment
 from .protocol import parse_address
-from .runner import (POLL_SECONDS, Run, RunFailed, _remove_stale_socket, _socket_name, ipi_command,
+from .runner import (Run, RunFailed, _remove_stale_socket, _socket_name, ipi_command,
                      stop_process_groups, this_environment, write_ipi_input)
 from .walkers import PLACEHOLDER, for_walker
 
@@ -187,23 +186,12 @@ class WalkerRun(Run):
                            folder)
 
     def _check_alive(self) -> None:
-        """As :meth:`Run._check_alive`, with N i-PI processes; also remembers the MPI
-        ranks (children of mpirun) so that :meth:`stop` can end them if mpirun is gone."""
+        """As :meth:`Run._check_alive`; also remembers the MPI ranks (children of
+        mpirun) so that :meth:`stop` can end them if mpirun is gone."""
         server = self.processes.get("server")
         if server is not None and server.poll() is None:
             self._ranks.update(_children(server.pid))
-        for name, proc in self.processes.items():
-            code = proc.poll()
-            if code is None or (code == 0 and name.startswith("i-pi")):
-                continue
-            if code == 0:
-                self._ended.setdefault(name, time.monotonic())
-                if time.monotonic() - self._ended[name] < 30:
-                    continue
-                raise RunFailed(f"the {name} ended but the i-PI runs did not finish within 30 s")
-            name, code = self._blame(name, code)
-            raise RunFailed(f"the {name} process exited with code {code} before i-PI finished; "
-                            f"last lines of {self._log(name)}:\n{self._tail(name)}")
+        super()._check_alive()
 
     def _blame(self, name: str, code: int) -> tuple[str, int]:
         """When a driver or i-PI failed because an MPI rank died (its socket closed),
@@ -242,34 +230,6 @@ class WalkerRun(Run):
             pass
         per_walker = ", ".join(f"walker {r} step {s}" for r, s in enumerate(steps))
         return f"[{self.variant}] {per_walker} of {self.total_steps}; {hills} hills"
-
-    def wait(self) -> None:
-        """Wait for every i-PI to finish (printing progress), then for the others."""
-        last_print = 0.0
-        interactive = sys.stderr.isatty()
-        ipis = [p for name, p in self.processes.items() if name.startswith("i-pi")]
-        while any(p.poll() is None for p in ipis):
-            self._check_alive()
-            now = time.monotonic()
-            if now - last_print > (0.5 if interactive else 15):
-                print(("\r" if interactive else "") + self.progress(), end="" if interactive else "\n",
-                      file=sys.stderr, flush=True)
-                last_print = now
-            time.sleep(POLL_SECONDS)
-        if interactive:
-            print(file=sys.stderr)
-        self._check_alive()
-        for name, proc in self.processes.items():
-            if name.startswith("i-pi"):
-                continue
-            try:
-                code = proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                raise RunFailed(f"the {name} did not exit within 60 s after i-PI finished") from None
-            if code != 0:
-                raise RunFailed(f"the {name} process exited with code {code}; last lines of "
-                                f"{self._log(name)}:\n{self._tail(name)}")
-        print(self.progress() + " - done", file=sys.stderr)
 
     def stop(self) -> None:
         """Terminate every process group (mpirun forwards SIGTERM to its ranks), then

@@ -40,17 +40,24 @@ i-PI 3.3 facts these helpers rely on:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
+from ase.build import add_adsorbate, fcc111
+from ase.calculators.emt import EMT
+from ase.constraints import FixAtoms
+from ase.optimize import BFGS
 
+from biasserver.protocol import ipi_unix_path
 from biasserver.runner import ipi_command
 
 IPI_PREFIX = "/tmp/ipi_"
@@ -351,3 +358,172 @@ def read_properties(path: Union[str, Path]) -> dict:
     if data.shape[1] != len(names):
         raise ValueError(f"{path}: {len(names)} column names but {data.shape[1]} columns")
     return {n: data[:, i] for i, n in enumerate(names)}
+
+
+# --------------------------------------------------------------------------- #
+# a G-metaD job of a Pt(111)-H slab: i-PI, gmetad serve, gmetad driver emt as
+# processes (test_server, test_beads, test_restart, test_walkers)
+# --------------------------------------------------------------------------- #
+
+REPO = Path(__file__).resolve().parents[1]
+
+STEPS = 12          # MD steps per i-PI run (STEPS + 1 force evaluations)
+STRIDE = 3          # hills at steps 3, 6, 9, 12
+HEIGHT = 0.05       # eV
+WIDTH = 0.3         # A (adaptive covariance)
+CUTOFF = 4.5        # A
+DEADLINE = 60.0     # s, any single wait for a run to finish
+
+SLEEPY_MODULE = '''
+"""EMT that stalls on one evaluation (a force client to be killed mid-step)."""
+import os
+import time
+from ase.calculators.emt import EMT
+
+
+class SleepyEMT(EMT):
+    """On its ``sleep_at``-th evaluation (0-based) write the process id to
+    ``marker`` and sleep ``seconds`` before computing."""
+
+    def __init__(self, sleep_at=-1, marker=None, seconds=120.0, **kwargs):
+        super().__init__(**kwargs)
+        self.sleep_at, self.marker, self.seconds, self.calls = sleep_at, marker, seconds, 0
+
+    def calculate(self, *args, **kwargs):
+        if self.calls == self.sleep_at:
+            with open(self.marker + ".tmp", "w") as handle:
+                handle.write(str(os.getpid()))
+            os.replace(self.marker + ".tmp", self.marker)
+            time.sleep(self.seconds)
+        self.calls += 1
+        super().calculate(*args, **kwargs)
+'''
+
+
+@lru_cache(maxsize=1)
+def _relaxed_slab():
+    """Pt(111) 2x2x3 + H in the fcc hollow, EMT-relaxed (bottom layer fixed)."""
+    slab = fcc111("Pt", size=(2, 2, 3), vacuum=6.0)
+    add_adsorbate(slab, "H", 1.0, "fcc")
+    slab.info.clear()
+    slab.pbc = True
+    slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag == 3]))
+    slab.calc = EMT()
+    BFGS(slab, logfile=None).run(fmax=0.02, steps=200)
+    slab.set_constraint()
+    slab.calc = None
+    return slab
+
+
+def pt_h_slab():
+    return _relaxed_slab().copy()
+
+
+def write_config(workdir: Path, ipi: str, listen_name: str, restart: bool = False,
+                 timeout: float = DEADLINE, frames: str = "frames.extxyz", extra_bias: str = "",
+                 walkers: int | None = None) -> Path:
+    """``gmetad.yaml`` of a proxy server for the slab (only H biased, the constants
+    above); ``extra_bias``: more lines of the bias section; with ``walkers``, the
+    addresses and ``frames`` hold {walker}."""
+    path = workdir / "gmetad.yaml"
+    path.write_text(f"""structure: template.xyz
+symmetry:
+  default: {{elements: [Pt, H], cutoff: {CUTOFF}}}
+bias:
+  height: {HEIGHT}
+  width: {WIDTH}
+  stride: {STRIDE}
+  species: {{H: 1.0, Pt: 0.0}}
+  hills_file: HILLS
+  restart: {str(restart).lower()}
+{extra_bias}server:
+  mode: proxy
+  ipi: unix:{ipi}
+  listen: unix:{listen_name}
+  timeout: {timeout}
+recorder:
+  path: {frames}
+  fsync: false
+""" + ("" if walkers is None else f"walkers: {walkers}\n"))
+    return path
+
+
+class Processes:
+    """Processes a test starts, each in its own session; :meth:`stop_all` (call
+    it in ``finally``) terminates, then kills, every process group."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen] = []
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1",
+                        PYTHONPATH=os.pathsep.join([str(REPO), str(workdir), os.environ.get("PYTHONPATH", "")]))
+
+    def start(self, args, log: str) -> subprocess.Popen:
+        with open(self.workdir / log, "wb") as handle:
+            proc = subprocess.Popen([sys.executable, "-m", "biasserver.cli", *args], cwd=self.workdir,
+                                    stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=self.env, start_new_session=True)
+        proc.log_path = self.workdir / log
+        self.procs.append(proc)
+        return proc
+
+    def serve(self, log: str = "server.log", *extra) -> subprocess.Popen:
+        return self.start(["serve", "gmetad.yaml", *extra], log)
+
+    def driver(self, address: str, log: str = "driver.log", calculator: str = "emt",
+               kwargs: dict | None = None) -> subprocess.Popen:
+        args = ["driver", calculator, "-s", "template.xyz", "-a", address, "--connect-timeout", str(DEADLINE)]
+        if kwargs:
+            args += ["--kwargs", json.dumps(kwargs)]
+        return self.start(args, log)
+
+    def ipi(self, xml: Path, name: str) -> subprocess.Popen:
+        proc = start_ipi(xml, name, cwd=self.workdir, timeout=DEADLINE)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            stop_process(proc, timeout=3.0)
+        for name in getattr(self, "sockets", ()):
+            try:
+                os.unlink(ipi_unix_path(name))
+            except OSError:
+                pass
+
+    def tails(self) -> str:
+        return "\n".join(f"--- {Path(p.log_path).name} (rc {p.poll()}):\n{log_tail(p, 1500)}"
+                         for p in self.procs if hasattr(p, "log_path"))
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s process group and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+def wait_for(predicate, timeout: float, what: str, procs: Processes | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n" + (procs.tails() if procs else ""))
+
+
+def finish(procs: Processes, ipi: subprocess.Popen, others=(), timeout: float = DEADLINE) -> None:
+    """Wait for i-PI to end the run (exit 0) and the given processes to exit 0."""
+    try:
+        wait_ipi(ipi, timeout=timeout)
+    except RuntimeError as err:
+        raise AssertionError(f"{err}\n{procs.tails()}") from None
+    for proc in others:
+        try:
+            rc = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{proc.args} did not exit after i-PI ended\n{procs.tails()}") from None
+        assert rc == 0, f"{proc.args} exited with {rc}\n{procs.tails()}"

@@ -28,23 +28,18 @@ import json
 import logging
 import os
 import re
-import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ase import units as ase_units
-from ase.build import add_adsorbate, fcc111
 from ase.calculators.emt import EMT
-from ase.constraints import FixAtoms
 from ase.io import read, write
-from ase.optimize import BFGS
 
 from biasserver import hillsfile
 from biasserver.bias import GMetaDBias
@@ -55,67 +50,16 @@ from biasserver.server import BiasServer
 from biasserver.symmetry import SymmetryFunctions
 from drivers.client import run_driver
 
-from ipi_helpers import (DEFAULT_PROPERTIES, log_tail, read_properties, start_ipi, stop_process,
-                         unique_socket_name, wait_ipi, write_ipi_input)
+from ipi_helpers import (CUTOFF, DEADLINE, DEFAULT_PROPERTIES, HEIGHT, REPO, SLEEPY_MODULE, STEPS, STRIDE,
+                         WIDTH, Processes, finish, kill_group, pt_h_slab, read_properties, unique_socket_name,
+                         wait_for, wait_ipi, write_config, write_ipi_input)
 
-REPO = Path(__file__).resolve().parents[1]
-
-STEPS = 12          # MD steps per i-PI run (STEPS + 1 force evaluations)
-STRIDE = 3          # hills at steps 3, 6, 9, 12
-HEIGHT = 0.05       # eV
-WIDTH = 0.3         # A (adaptive covariance)
-CUTOFF = 4.5        # A
 PROPERTIES = DEFAULT_PROPERTIES + ("ensemble_bias{electronvolt}",)
-DEADLINE = 60.0     # s, any single wait for a run to finish
-
-SLEEPY_MODULE = '''
-"""EMT that stalls on one evaluation (a force client to be killed mid-step)."""
-import os
-import time
-from ase.calculators.emt import EMT
-
-
-class SleepyEMT(EMT):
-    """On its ``sleep_at``-th evaluation (0-based) write the process id to
-    ``marker`` and sleep ``seconds`` before computing."""
-
-    def __init__(self, sleep_at=-1, marker=None, seconds=120.0, **kwargs):
-        super().__init__(**kwargs)
-        self.sleep_at, self.marker, self.seconds, self.calls = sleep_at, marker, seconds, 0
-
-    def calculate(self, *args, **kwargs):
-        if self.calls == self.sleep_at:
-            with open(self.marker + ".tmp", "w") as handle:
-                handle.write(str(os.getpid()))
-            os.replace(self.marker + ".tmp", self.marker)
-            time.sleep(self.seconds)
-        self.calls += 1
-        super().calculate(*args, **kwargs)
-'''
 
 
 # --------------------------------------------------------------------------- #
 # helpers
 # --------------------------------------------------------------------------- #
-
-
-@lru_cache(maxsize=1)
-def _relaxed_slab():
-    """Pt(111) 2x2x3 + H in the fcc hollow, EMT-relaxed (bottom layer fixed)."""
-    slab = fcc111("Pt", size=(2, 2, 3), vacuum=6.0)
-    add_adsorbate(slab, "H", 1.0, "fcc")
-    slab.info.clear()
-    slab.pbc = True
-    slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag == 3]))
-    slab.calc = EMT()
-    BFGS(slab, logfile=None).run(fmax=0.02, steps=200)
-    slab.set_constraint()
-    slab.calc = None
-    return slab
-
-
-def pt_h_slab():
-    return _relaxed_slab().copy()
 
 
 def ipi_input(workdir: Path, name: str, steps: int = STEPS, consolidate: bool = True,
@@ -138,112 +82,6 @@ def ipi_input(workdir: Path, name: str, steps: int = STEPS, consolidate: bool = 
     frame.info.clear()
     write(workdir / "template.xyz", frame, format="extxyz")
     return xml, frame
-
-
-def write_config(workdir: Path, ipi: str, listen_name: str, restart: bool = False,
-                 timeout: float = DEADLINE) -> Path:
-    path = workdir / "gmetad.yaml"
-    path.write_text(f"""structure: template.xyz
-symmetry:
-  default: {{elements: [Pt, H], cutoff: {CUTOFF}}}
-bias:
-  height: {HEIGHT}
-  width: {WIDTH}
-  stride: {STRIDE}
-  species: {{H: 1.0, Pt: 0.0}}
-  hills_file: HILLS
-  restart: {str(restart).lower()}
-server:
-  mode: proxy
-  ipi: unix:{ipi}
-  listen: unix:{listen_name}
-  timeout: {timeout}
-recorder:
-  path: frames.extxyz
-  fsync: false
-""")
-    return path
-
-
-class Processes:
-    """Processes a test starts, each in its own session; :meth:`stop_all` (call
-    it in ``finally``) terminates, then kills, every process group."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen] = []
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1",
-                        PYTHONPATH=os.pathsep.join([str(REPO), str(workdir), os.environ.get("PYTHONPATH", "")]))
-
-    def start(self, args, log: str) -> subprocess.Popen:
-        with open(self.workdir / log, "wb") as handle:
-            proc = subprocess.Popen([sys.executable, "-m", "biasserver.cli", *args], cwd=self.workdir,
-                                    stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=self.env, start_new_session=True)
-        proc.log_path = self.workdir / log
-        self.procs.append(proc)
-        return proc
-
-    def serve(self, log: str = "server.log", *extra) -> subprocess.Popen:
-        return self.start(["serve", "gmetad.yaml", *extra], log)
-
-    def driver(self, address: str, log: str = "driver.log", calculator: str = "emt",
-               kwargs: dict | None = None) -> subprocess.Popen:
-        args = ["driver", calculator, "-s", "template.xyz", "-a", address, "--connect-timeout", str(DEADLINE)]
-        if kwargs:
-            args += ["--kwargs", json.dumps(kwargs)]
-        return self.start(args, log)
-
-    def ipi(self, xml: Path, name: str) -> subprocess.Popen:
-        proc = start_ipi(xml, name, cwd=self.workdir, timeout=DEADLINE)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            stop_process(proc, timeout=3.0)
-        for name in getattr(self, "sockets", ()):
-            try:
-                os.unlink(ipi_unix_path(name))
-            except OSError:
-                pass
-
-    def tails(self) -> str:
-        return "\n".join(f"--- {Path(p.log_path).name} (rc {p.poll()}):\n{log_tail(p, 1500)}"
-                         for p in self.procs if hasattr(p, "log_path"))
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL ``proc``'s process group and reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-
-
-def wait_for(predicate, timeout: float, what: str, procs: Processes | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n" + (procs.tails() if procs else ""))
-
-
-def finish(procs: Processes, ipi: subprocess.Popen, others=(), timeout: float = DEADLINE) -> None:
-    """Wait for i-PI to end the run (exit 0) and the given processes to exit 0."""
-    try:
-        wait_ipi(ipi, timeout=timeout)
-    except RuntimeError as err:
-        raise AssertionError(f"{err}\n{procs.tails()}") from None
-    for proc in others:
-        try:
-            rc = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{proc.args} did not exit after i-PI ended\n{procs.tails()}") from None
-        assert rc == 0, f"{proc.args} exited with {rc}\n{procs.tails()}"
 
 
 def read_positions(workdir: Path) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Several walkers sharing one bias: real i-PI, real ``mpirun``, EMT drivers.
 
-Each walker is the Pt(111) 2x2x3 + H slab of test_server.py (only H biased,
+Each walker is the Pt(111) 2x2x3 + H slab of ipi_helpers.py (only H biased,
 hills of 0.05 eV every 3 steps, 4.5 A cutoff) in its own folder ``w<r>``, its
 i-PI seeded differently (thermal velocities at 300 K), so the walkers diverge:
 
@@ -30,9 +30,10 @@ from biasserver.bias import GMetaDBias
 from biasserver.mpilaunch import mpi_command, mpi_environment
 from biasserver.symmetry import SymmetryFunctions
 
-from ipi_helpers import start_ipi, unique_socket_name, write_ipi_input
-from test_server import (CUTOFF, DEADLINE, HEIGHT, SLEEPY_MODULE, STEPS, STRIDE, WIDTH, Processes,
-                         finish, kill_group, pt_h_slab, wait_for)
+from ipi_helpers import (CUTOFF, DEADLINE, HEIGHT, REPO, SLEEPY_MODULE, STEPS, STRIDE, Processes, finish,
+                         kill_group, pt_h_slab, start_ipi, unique_socket_name, wait_for, write_config,
+                         write_ipi_input)
+
 
 def write_walkers(workdir: Path, walkers: int, ipi_base: str, ref_base: str, extra_bias: str = "",
                   seeds=None) -> list[Path]:
@@ -47,26 +48,8 @@ def write_walkers(workdir: Path, walkers: int, ipi_base: str, ref_base: str, ext
         inputs.append(xml)
     frame.info.clear()
     write(workdir / "template.xyz", frame, format="extxyz")
-    (workdir / "gmetad.yaml").write_text(f"""structure: template.xyz
-symmetry:
-  default: {{elements: [Pt, H], cutoff: {CUTOFF}}}
-bias:
-  height: {HEIGHT}
-  width: {WIDTH}
-  stride: {STRIDE}
-  species: {{H: 1.0, Pt: 0.0}}
-  hills_file: HILLS
-  restart: false
-{extra_bias}server:
-  mode: proxy
-  ipi: unix:{ipi_base}-{{walker}}
-  listen: unix:{ref_base}-{{walker}}
-  timeout: {DEADLINE}
-recorder:
-  path: w{{walker}}/frames.extxyz
-  fsync: false
-walkers: {walkers}
-""")
+    write_config(workdir, f"{ipi_base}-{{walker}}", f"{ref_base}-{{walker}}", restart=False,
+                 frames="w{walker}/frames.extxyz", extra_bias=extra_bias, walkers=walkers)
     return inputs
 
 
@@ -251,7 +234,6 @@ class SlowEMT(EMT):
 def walkers_example(tmp_path: Path) -> Path:
     """examples/pt111-h-walkers with a slow EMT driver and checkpoints every 10 steps."""
     import shutil
-    from test_server import REPO
     example = tmp_path / "example"
     shutil.copytree(REPO / "examples" / "pt111-h-walkers", example)
     (example / "slow.py").write_text(SLOW_MODULE)
@@ -263,7 +245,6 @@ def walkers_example(tmp_path: Path) -> Path:
 
 
 def gmetad_run(example: Path, output: Path, *extra) -> subprocess.Popen:
-    from test_server import REPO
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(example), os.environ.get("PYTHONPATH", "")]))
     log = open(output.parent / f"{output.name}.{'resume' if extra else 'run'}.log", "wb")
     return subprocess.Popen([sys.executable, "-m", "biasserver.cli", "run", str(example), "--steps", str(RUN_STEPS),
@@ -307,7 +288,6 @@ def test_gmetad_run_with_walkers(example_run):
 
 
 def gmetad_select(*args) -> subprocess.CompletedProcess:
-    from test_server import REPO
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "biasserver.cli", "select", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=DEADLINE)
@@ -472,7 +452,6 @@ if rank == 0:
 
 
 def test_exchange_finds_hill_sets_that_differ(tmp_path):
-    from test_server import REPO
     walkers = 3
     write(tmp_path / "slab.xyz", pt_h_slab())
     (tmp_path / "exchange.py").write_text(EXCHANGE_SCRIPT)
