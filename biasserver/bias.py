@@ -29,12 +29,15 @@ from .walls import wall_from_dict
 class HillCandidates:
     """Hills one walker deposits on atoms of one element at one step, before they
     are applied: centres (n, D) G_i, metrics (one (D, D) matrix, a scalar, or None
-    for an atom without neighbours) and the atoms' indices."""
+    for an atom without neighbours), the atoms' indices and, for adaptive hills,
+    the covariances (the metrics' inverses, which merging uses; None: computed
+    when needed)."""
 
     element: str
     centres: np.ndarray
     metrics: list
     atoms: np.ndarray
+    covariances: list | None = None
 
 COVARIANCES = ("adaptive", "isotropic")
 #: conventions for J in the adaptive covariance (see GMetaDBias)
@@ -194,15 +197,22 @@ class GMetaDBias:
                 energies[species == k] = self.species[e] * self.hills[e].evaluate(values[e], False)[0]
         return energies
 
-    def _evaluate(self, atoms: Atoms, desc: Descriptors | None) -> tuple[float, np.ndarray, np.ndarray]:
-        """Hills (when ``desc`` is given) plus walls."""
+    def _evaluate(self, atoms: Atoms, desc: Descriptors | None,
+                  nearest: dict | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+        """Hills (when ``desc`` is given) plus walls. ``nearest``: a dict that receives,
+        per element, (V, nearest hill, its q) at every centre (what a deposition at
+        ``desc`` needs, from the same pass over the hills)."""
         energy = 0.0
         forces, virial = np.zeros((len(atoms), 3)), np.zeros((3, 3))
         if desc is not None:
             gradients = {}
             for e, coefficient in self.species.items():
                 if coefficient > 0 and len(self.hills[e]) and len(desc.values[e]):
-                    v, dv, _ = self.hills[e].evaluate(desc.values[e])
+                    if nearest is None:
+                        v, dv, _ = self.hills[e].evaluate(desc.values[e])
+                    else:
+                        v, dv, _, (index, q) = self.hills[e].evaluate(desc.values[e], nearest=True)
+                        nearest[e] = (v, index, q)
                     energy += coefficient * float(v.sum())
                     gradients[e] = coefficient * dv
             forces, virial = desc.forces_virial(gradients)
@@ -222,9 +232,10 @@ class GMetaDBias:
         _check_finite(atoms)
         deposit = self.deposits_at(self.step_count)
         desc = self._descriptors(atoms) if deposit or self.acting() else None
-        result = self._evaluate(atoms, desc)
+        nearest = {} if deposit and self._needs_nearest() else None
+        result = self._evaluate(atoms, desc, nearest)
         if deposit:
-            self._deposit(desc)
+            self.apply_candidates(self._candidates(desc), nearest)
         self.step_count += 1
         return result
 
@@ -240,6 +251,10 @@ class GMetaDBias:
     def _deposit(self, desc: Descriptors) -> int:
         return self.apply_candidates(self._candidates(desc))[0]
 
+    def _needs_nearest(self) -> bool:
+        """Whether a deposition looks at the hills already there (merging, well-tempered)."""
+        return self.compression is not None or self.max_hills is not None or self.well_tempered is not None
+
     # -- deposition in two halves (several walkers feeding one bias) ---------
     def hill_candidates(self, atoms: Atoms) -> list[HillCandidates]:
         """The hills ``atoms`` would deposit now, per biased element, before they
@@ -254,14 +269,18 @@ class GMetaDBias:
             if coefficient == 0 or len(desc.values[e]) == 0:
                 continue
             values = np.array(desc.values[e], dtype=np.float64)
-            metrics = [self._metric(desc, e, c) for c in range(len(values))]
-            out.append(HillCandidates(e, values, metrics, np.asarray(desc.indices[e], dtype=np.int64)))
+            metrics, covariances = self._metrics(desc, e)
+            out.append(HillCandidates(e, values, metrics, np.asarray(desc.indices[e], dtype=np.int64),
+                                      covariances))
         return out
 
-    def apply_candidates(self, candidates: Sequence[HillCandidates]) -> tuple[int, list[HillRecord]]:
+    def apply_candidates(self, candidates: Sequence[HillCandidates],
+                         nearest: Mapping[str, tuple] | None = None) -> tuple[int, list[HillRecord]]:
         """Deposit hill candidates at MD step ``step_count``, element group by group
         in the given order: heights (well-tempered: from the bias felt at each centre
         before this group), merges and the hills file as for a single walker.
+        ``nearest``: element -> (V, nearest hill, q) at the candidates' centres, from
+        an evaluation of the same hills (:meth:`step`); computed here otherwise.
         Returns (hills added, the records written, in order)."""
         added = 0
         records = []
@@ -274,7 +293,7 @@ class GMetaDBias:
             merging = self.compression is not None or self.max_hills is not None
             near_index = near_q = None
             if len(hills) and (merging or self.well_tempered is not None):
-                felt, near_index, near_q = hills.nearest(values)
+                felt, near_index, near_q = nearest[e] if nearest and e in nearest else hills.nearest(values)
                 if self.well_tempered is not None:
                     heights = self.height * np.exp(-coefficient * felt / (KB * self.well_tempered))
             metrics = group.metrics
@@ -292,7 +311,8 @@ class GMetaDBias:
                     index = hills.add(values[c], heights[c], metrics[c], self.step_count)
                     added += 1
                 else:
-                    hills.merge_into(index, values[c], heights[c], metrics[c], self.step_count)
+                    hills.merge_into(index, values[c], heights[c], metrics[c], self.step_count,
+                                     None if group.covariances is None else group.covariances[c])
                 if index not in touched:
                     touched.append(index)
                 records.append(HillRecord(index, self.step_count, e, float(hills.heights[index]),
@@ -317,18 +337,33 @@ class GMetaDBias:
     def _metric(self, desc: Descriptors, element: str, centre: int):
         """Inverse covariance of a hill deposited at one centre (see class docstring), or
         None when the centre has no neighbour (its G cannot move: no adaptive hill)."""
+        return self._metrics(desc, element, [centre])[0][0]
+
+    def _metrics(self, desc: Descriptors, element: str, centres: Sequence[int] | None = None):
+        """Inverse covariances A of hills deposited at the given centres of ``element``
+        (default: all) and, for adaptive hills, the covariances S = A^-1; None for a
+        centre without neighbours. One batched eigendecomposition serves both:
+        S = V (lambda + floor) V^T and A = V (lambda + floor)^-1 V^T, where sigma^2 J J^T
+        = V lambda V^T (negative round-off eigenvalues clipped to 0)."""
+        n = len(desc.indices[element]) if centres is None else len(centres)
         if self.covariance == "isotropic":
-            return 1.0 / self.width**2
-        _, jac = desc.jacobian(element, centre, images=self.jacobian == "images")
-        jac = jac.reshape(jac.shape[0], -1)
-        cov = self.width**2 * (jac @ jac.T)
-        eigval, eigvec = np.linalg.eigh(0.5 * (cov + cov.T))
-        floor = self.regularization * max(float(eigval[-1]), 0.0)
-        if floor <= 0:   # G does not depend on the positions: an isolated atom
-            return None
-        eigval = np.maximum(eigval, 0.0) + floor
-        metric = (eigvec / eigval) @ eigvec.T
-        return 0.5 * (metric + metric.T)
+            return [1.0 / self.width**2] * n, None
+        jjt = desc.jacobian_products(element, images=self.jacobian == "images")
+        if centres is not None:
+            jjt = jjt[np.asarray(centres, dtype=np.int64)]
+        cov = self.width**2 * jjt
+        eigval, eigvec = np.linalg.eigh(0.5 * (cov + cov.transpose(0, 2, 1)))
+        floor = self.regularization * np.maximum(eigval[:, -1], 0.0)
+        isolated = floor <= 0    # G does not depend on the positions: an isolated atom
+        eigval = np.maximum(eigval, 0.0) + floor[:, None]
+        eigval[isolated] = 1.0   # placeholders, not used
+        metric = (eigvec / eigval[:, None, :]) @ eigvec.transpose(0, 2, 1)
+        metric = 0.5 * (metric + metric.transpose(0, 2, 1))
+        covariance = (eigvec * eigval[:, None, :]) @ eigvec.transpose(0, 2, 1)
+        covariance = 0.5 * (covariance + covariance.transpose(0, 2, 1))
+        metrics = [None if isolated[c] else metric[c] for c in range(n)]
+        covariances = [None if isolated[c] else covariance[c] for c in range(n)]
+        return metrics, covariances
 
     def _merge_target(self, hills: HillSet, centre: np.ndarray, nearest: int = -1,
                       nearest_q: float = np.inf, touched: Sequence[int] = ()) -> int | None:
@@ -347,7 +382,7 @@ class GMetaDBias:
             idx = np.asarray(touched, dtype=np.int64)
             diff = centre[None, :] - hills.centres[idx]
             if hills.adaptive:
-                q = np.einsum("sd,sde,se->s", diff, hills.metrics[idx], diff)
+                q = np.einsum("sd,sd->s", diff, np.matmul(hills.metrics[idx], diff[:, :, None])[:, :, 0])
             else:
                 q = hills.metrics[idx] * np.einsum("sd,sd->s", diff, diff)
             k = int(np.argmin(q))

@@ -11,7 +11,11 @@ Evaluation runs in C (ckernels/gaussians.c) over blocks of nearby hills, so bloc
 far from the query are skipped with a rigorous bound and the cost grows slower
 than the number of hills once they spread out. The blocks are the leaves of a k-d
 tree updated incrementally (:class:`BlockTree`): adding or changing a hill costs
-O(log N + BLOCK_SIZE D), whatever the number of hills N. The tree is a
+O(log N + BLOCK_SIZE D), whatever the number of hills N. The per-hill eigenvalue
+bounds and the bounds of the leaves that changed are computed together, in one
+batch, when the blocks are next needed (an evaluation), so the hills of a
+deposition pay one batched eigvalsh and one leaf update. Each bound depends only
+on its own hill's metric and each leaf's only on its members, and the tree is a
 deterministic function of the sequence of add() and replace() calls, so a set
 rebuilt from a hills file (which replays them) evaluates bit-identically to the
 one that wrote it.
@@ -30,11 +34,20 @@ BLOCK_SIZE = 32
 
 def metric_lower_bound(metric: np.ndarray) -> float:
     """A rigorous lower bound of the smallest eigenvalue of a (D, D) metric, or of a scalar one."""
-    if np.ndim(metric) == 0:
-        return float(metric)
-    smallest = float(np.linalg.eigvalsh(metric)[0])
+    return float(metric_lower_bounds(np.asarray(metric, dtype=np.float64)[None])[0])
+
+
+def metric_lower_bounds(metrics: np.ndarray) -> np.ndarray:
+    """:func:`metric_lower_bound` of each of a stack of metrics, (n, D, D) or (n,),
+    in one batched eigvalsh (each bound is that of its own matrix, bit for bit,
+    whatever else is in the stack)."""
+    if metrics.ndim == 1:
+        return metrics.astype(np.float64, copy=True)
+    if len(metrics) == 0:
+        return np.zeros(0)
+    smallest = np.linalg.eigvalsh(metrics)[:, 0]
     # eigvalsh is accurate to ~eps * |A|; step down by more than that
-    return max(0.0, smallest - 1e-12 * float(np.abs(metric).max()))
+    return np.maximum(0.0, smallest - 1e-12 * np.abs(metrics).max(axis=(1, 2)))
 
 
 def kd_leaves(points: np.ndarray, leaf_size: int) -> list[np.ndarray]:
@@ -64,10 +77,11 @@ class BlockTree:
     axis is below the node's split value) to a leaf; a leaf that would exceed
     BLOCK_SIZE hills is split at the median of its coordinate of largest spread
     (the lower half keeps the leaf's number, the upper half becomes a new leaf).
-    A changed hill (a merge) stays in its leaf. After every change the leaf's
-    centre (mean of its centres), radius and smallest metric eigenvalue bound are
-    recomputed from its members, so the bounds the kernel uses stay rigorous. Leaf
-    b's hills are order[b * BLOCK_SIZE : b * BLOCK_SIZE + count[b]].
+    A changed hill (a merge) stays in its leaf. A changed leaf is marked; before
+    the blocks are used, :meth:`refresh_marked` recomputes the centre (mean of its
+    centres), radius and smallest metric eigenvalue bound of every marked leaf
+    from its members, so the bounds the kernel uses stay rigorous. Leaf b's hills
+    are order[b * BLOCK_SIZE : b * BLOCK_SIZE + count[b]].
     """
 
     def __init__(self, dimension: int):
@@ -85,6 +99,7 @@ class BlockTree:
         self.children: list[list[int]] = []
         self.root = -1                                   # leaf 0
         self.parent = [(-1, 0)]                          # leaf -> (node, side); -1: root
+        self.marked: set[int] = set()                    # leaves changed since the last refresh
 
     def _grow_leaves(self) -> None:
         cap = 2 * len(self.count)
@@ -101,28 +116,46 @@ class BlockTree:
         start = leaf * BLOCK_SIZE
         return self.order[start: start + self.count[leaf]]
 
-    def _set_members(self, leaf: int, members, centres: np.ndarray, min_eig: np.ndarray) -> None:
+    def _set_members(self, leaf: int, members) -> None:
         members = np.asarray(members, dtype=np.int32)
         start = leaf * BLOCK_SIZE
         self.order[start: start + len(members)] = members
         self.count[leaf] = len(members)
         self.leaf_of[members] = leaf
-        self.refresh(leaf, centres, min_eig)
+        self.marked.add(leaf)
 
-    def refresh(self, leaf: int, centres: np.ndarray, min_eig: np.ndarray) -> None:
-        """Recompute the centre, radius and eigenvalue bound of one leaf."""
-        members = self.members(leaf)
-        if len(members) == 0:
+    def mark(self, hill: int) -> None:
+        """Hill ``hill`` changed: its leaf's bounds are recomputed at the next refresh."""
+        self.marked.add(int(self.leaf_of[hill]))
+
+    def refresh_marked(self, centres: np.ndarray, min_eig: np.ndarray) -> None:
+        """Recompute the centre, radius and eigenvalue bound of every marked leaf from
+        its members (all leaves at once; each leaf's figures depend on its members only)."""
+        if not self.marked:
             return
-        points = centres[members]
-        centre = points.mean(axis=0)
-        self.centre[leaf] = centre
+        leaves = np.array(sorted(self.marked), dtype=np.int64)
+        self.marked.clear()
+        count = self.count[leaves]
+        leaves, count = leaves[count > 0], count[count > 0]
+        if len(leaves) == 0:
+            return
+        slots = np.arange(BLOCK_SIZE)
+        present = slots[None, :] < count[:, None]
+        members = self.order.reshape(-1, BLOCK_SIZE)[leaves]
+        members = np.where(present, members, members[:, :1])     # pad with the first member
+        points = centres[members]                                 # (L, BLOCK_SIZE, D)
+        total = points[:, 0].copy()
+        for k in range(1, int(count.max())):                      # in member order, leaf by leaf
+            total += np.where(present[:, k, None], points[:, k], 0.0)
+        centre = total / count[:, None]
+        self.centre[leaves] = centre
         # round-off margin so the bound stays rigorous
-        self.radius[leaf] = np.sqrt(((points - centre) ** 2).sum(axis=1).max()) * (1 + 1e-12) + 1e-12
-        self.min_eig[leaf] = min_eig[members].min()
+        spread = ((points - centre[:, None, :]) ** 2).sum(axis=2).max(axis=1)
+        self.radius[leaves] = np.sqrt(spread) * (1 + 1e-12) + 1e-12
+        self.min_eig[leaves] = min_eig[members].min(axis=1)
 
-    def insert(self, hill: int, centres: np.ndarray, min_eig: np.ndarray) -> None:
-        """Add hill ``hill`` (its centre and bound already stored in the arrays)."""
+    def insert(self, hill: int, centres: np.ndarray) -> None:
+        """Add hill ``hill`` (its centre already stored in ``centres``)."""
         if hill >= len(self.leaf_of):
             grown = np.zeros(max(2 * len(self.leaf_of), hill + 1), dtype=np.int64)
             grown[: len(self.leaf_of)] = self.leaf_of
@@ -134,7 +167,7 @@ class BlockTree:
         leaf = -1 - node
         members = self.members(leaf)
         if len(members) < BLOCK_SIZE:
-            self._set_members(leaf, np.append(members, hill), centres, min_eig)
+            self._set_members(leaf, np.append(members, hill))
             return
         # split: the lower half stays in this leaf, the upper half is a new leaf
         members = np.append(members, hill)
@@ -157,8 +190,8 @@ class BlockTree:
             self.children[up][side] = node
         self.parent[leaf] = (node, 0)
         self.parent.append((node, 1))
-        self._set_members(leaf, ranked[:half], centres, min_eig)
-        self._set_members(new_leaf, ranked[half:], centres, min_eig)
+        self._set_members(leaf, ranked[:half])
+        self._set_members(new_leaf, ranked[half:])
 
     def arrays(self):
         """(order, first, count, centre, radius, min_eig) for the C kernel."""
@@ -201,6 +234,8 @@ class HillSet:
         self._min_eig = np.empty(0)
         self._steps = np.empty(0, dtype=np.int64)
         self._tree = BlockTree(self.dimension) if self.q_cut > 0 else None
+        #: hills whose eigenvalue bound is not computed yet (see :meth:`_update_bounds`)
+        self._stale: list[int] = []
 
     # -- storage ------------------------------------------------------------
     def __len__(self) -> int:
@@ -240,7 +275,7 @@ class HillSet:
         self._store(s, centre, height, metric, step)
         self._n += 1
         if self._tree is not None:
-            self._tree.insert(s, self._centres, self._min_eig)
+            self._tree.insert(s, self._centres)
         return s
 
     def replace(self, index: int, centre: np.ndarray, height: float, metric, step: int) -> None:
@@ -249,7 +284,7 @@ class HillSet:
             raise IndexError(f"hill {index} does not exist ({self._n} hills)")
         self._store(index, centre, height, metric, step)
         if self._tree is not None:
-            self._tree.refresh(int(self._tree.leaf_of[index]), self._centres, self._min_eig)
+            self._tree.mark(index)
 
     def _store(self, index: int, centre, height: float, metric, step: int) -> None:
         centre = np.asarray(centre, dtype=np.float64)
@@ -264,16 +299,28 @@ class HillSet:
         self._centres[index] = centre
         self._heights[index] = height
         self._metrics[index] = metric
-        self._min_eig[index] = metric_lower_bound(metric)
+        self._stale.append(index)
         self._steps[index] = step
 
+    def _update_bounds(self) -> None:
+        """Eigenvalue bounds of the hills added or changed since the last call (one
+        batched eigvalsh), then the bounds of the leaves they changed."""
+        if self._stale:
+            stale = np.unique(np.asarray(self._stale, dtype=np.int64))
+            self._stale.clear()
+            self._min_eig[stale] = metric_lower_bounds(self._metrics[stale])
+        if self._tree is not None:
+            self._tree.refresh_marked(self._centres, self._min_eig)
+
     # -- evaluation ---------------------------------------------------------
-    def evaluate(self, queries: np.ndarray, gradient: bool = True):
-        """V and dV/dg at each row of ``queries`` (Q, D). Returns (V (Q,), dV (Q, D), n evaluated)."""
+    def evaluate(self, queries: np.ndarray, gradient: bool = True, nearest: bool = False):
+        """V and dV/dg at each row of ``queries`` (Q, D). Returns (V (Q,), dV (Q, D), n evaluated),
+        and with nearest=True also (index (Q,), q (Q,)) as :meth:`nearest` gives them."""
         queries = np.asarray(queries, dtype=np.float64).reshape(-1, self.dimension)
         if self._n == 0:
-            return np.zeros(len(queries)), np.zeros_like(queries) if gradient else None, 0
-        return kernels.gaussian_sum(queries, **self._kernel_arguments(), gradient=gradient)
+            empty = (np.zeros(len(queries)), np.zeros_like(queries) if gradient else None, 0)
+            return empty + ((np.full(len(queries), -1), np.full(len(queries), np.inf)),) if nearest else empty
+        return kernels.gaussian_sum(queries, **self._kernel_arguments(), gradient=gradient, nearest=nearest)
 
     def nearest(self, queries: np.ndarray):
         """For each row of ``queries`` (Q, D): V there, the index of the hill with the
@@ -288,6 +335,7 @@ class HillSet:
         return v, index, q
 
     def _kernel_arguments(self) -> dict:
+        self._update_bounds()
         return dict(centres=self.centres, heights=self.heights,
                     inv_cov=self.metrics if self.adaptive else None,
                     inv_var=None if self.adaptive else self.metrics,
@@ -297,31 +345,38 @@ class HillSet:
         """q_s = (point - mu_s)^T A_s (point - mu_s) for every hill (used by merging)."""
         diff = point[None, :] - self.centres
         if self.adaptive:
-            return np.einsum("sd,sde,se->s", diff, self.metrics, diff)
+            return np.einsum("sd,sd->s", diff, np.matmul(self.metrics, diff[:, :, None])[:, :, 0])
         return self.metrics * np.einsum("sd,sd->s", diff, diff)
 
     def blocks(self):
         """The pruning blocks as the kernel takes them, (order, first, count, centre,
         radius, min_eig), or None when pruning is off. Kept up to date by add() and
         replace() (see :class:`BlockTree`); nothing is rebuilt at evaluation."""
-        return None if self._tree is None else self._tree.arrays()
+        if self._tree is None:
+            return None
+        self._update_bounds()
+        return self._tree.arrays()
 
     def rebuilt_blocks(self):
         """The blocks built from scratch by recursive median splits of all current
         centres (what the incremental tree approximates; for tests and benchmarks)."""
         if self._n == 0 or self.q_cut <= 0:
             return None
+        self._update_bounds()
         return blocks_from_leaves(kd_leaves(self.centres, BLOCK_SIZE), self.centres,
                                   self._min_eig[: self._n])
 
     # -- merging ------------------------------------------------------------
-    def merge_into(self, index: int, centre: np.ndarray, height: float, metric, step: int) -> None:
+    def merge_into(self, index: int, centre: np.ndarray, height: float, metric, step: int,
+                   covariance: np.ndarray | None = None) -> None:
         """Merge a new hill into hill ``index`` by moment matching (as OPES compresses kernels).
 
         Heights add; the merged centre is the height-weighted mean; the merged
         covariance is the height-weighted second moment minus the outer product of
         the mean. For a merge at Mahalanobis distance d the merged hill differs from
-        the two it replaces by about d^2/8 of their summed height.
+        the two it replaces by about d^2/8 of their summed height. ``covariance``:
+        the new hill's covariance (the inverse of ``metric``) when the caller has it
+        (spares one inversion).
         """
         h0, h1 = float(self.heights[index]), float(height)
         mu0, mu1 = self.centres[index].copy(), np.asarray(centre, dtype=np.float64)
@@ -329,8 +384,10 @@ class HillSet:
         mu = (h0 * mu0 + h1 * mu1) / h
         if self.adaptive:
             cov0 = np.linalg.inv(self.metrics[index])
-            cov1 = np.linalg.inv(metric)
-            cov = (h0 * (cov0 + np.outer(mu0, mu0)) + h1 * (cov1 + np.outer(mu1, mu1))) / h - np.outer(mu, mu)
+            cov1 = np.linalg.inv(metric) if covariance is None else covariance
+            # (h0 (S0 + mu0 mu0^T) + h1 (S1 + mu1 mu1^T)) / h - mu mu^T, without cancellation
+            d = mu0 - mu1
+            cov = (h0 * cov0 + h1 * cov1) / h + (h0 * h1 / h**2) * np.outer(d, d)
             new_metric = np.linalg.inv(0.5 * (cov + cov.T))
             new_metric = 0.5 * (new_metric + new_metric.T)
         else:

@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers
+from scipy import sparse
 
 from . import kernels
 from .kernels import NeighbourList
@@ -109,8 +110,9 @@ class Descriptors:
             deriv = self.derivatives.get(element)
             if deriv is None or len(deriv) == 0:
                 continue
-            # w_p = dE/dR_p for every pair vector R_p = r_j - r_i
-            w = np.einsum("pf,pfk->pk", grad[self.pair_centre[element]], deriv)
+            # w_p = dE/dR_p for every pair vector R_p = r_j - r_i (a batched (1, F) x (F, 3)
+            # product: a third of einsum's time for this contraction)
+            w = np.matmul(grad[self.pair_centre[element]][:, None, :], deriv)[:, 0, :]
             pairs = self.pair_index[element]
             j = self.neighbours.second[pairs]
             i = self.neighbours.first[pairs]
@@ -149,6 +151,42 @@ class Descriptors:
         jac[:, inverse[0]] -= deriv.sum(axis=0)
         order = np.argsort(atoms != atom, kind="stable")  # centre first
         return atoms[order], jac[:, order]
+
+    def jacobian_products(self, element: str, images: bool = False) -> np.ndarray:
+        """J J^T (n_e, F_e, F_e) in 1/angstrom^2 for every centre of ``element``, with
+        J the dense dG/dr of :meth:`jacobian` (same ``images`` convention), for all
+        centres at once: the columns of each centre's J are summed per atom (per
+        neighbour-list entry with images=True), stacked per centre (zero-padded to
+        the largest column count) and multiplied in one batched product."""
+        deriv = self.derivatives[element]
+        n = len(self.indices[element])
+        n_functions = deriv.shape[1] if deriv.ndim == 3 else self.values[element].shape[1]
+        if n == 0:
+            return np.zeros((0, n_functions, n_functions))
+        centre = self.pair_centre[element].astype(np.int64)
+        pairs = np.arange(len(centre))
+        own = self.indices[element].astype(np.int64)
+        # column of every pair in its centre's J, and the centre's own column, which
+        # holds -(sum of the centre's rows): entries +1 and -1 of a sparse (K, P) map
+        if images:       # the centre (images fixed) first, then one column per pair
+            column, own_column = pairs + 1, np.zeros(n, dtype=np.int64)
+        else:            # one column per atom; images of an atom fold onto it
+            column, own_column = self.neighbours.second[self.pair_index[element]].astype(np.int64), own
+        width = int(max(column.max(initial=0), own_column.max())) + 1
+        keys, inverse = np.unique(np.concatenate([own_column + np.arange(n) * width,
+                                                  column + centre * width,
+                                                  own_column[centre] + centre * width]), return_inverse=True)
+        sign = np.concatenate([np.ones(len(centre)), -np.ones(len(centre))])
+        fold = sparse.csr_matrix((sign, (inverse[n:], np.concatenate([pairs, pairs]))),
+                                 shape=(len(keys), len(centre)))
+        columns = fold @ deriv.reshape(len(centre), -1)          # (K, F * 3), grouped by centre
+        column_owner = keys // width
+        first = np.searchsorted(column_owner, np.arange(n))
+        slot = np.arange(len(keys)) - first[column_owner]
+        stacked = np.zeros((n, int(slot.max()) + 1, n_functions, 3))
+        stacked[column_owner, slot] = columns.reshape(-1, n_functions, 3)
+        jac = stacked.transpose(0, 2, 1, 3).reshape(n, n_functions, -1)
+        return jac @ jac.transpose(0, 2, 1)
 
     def strain_derivatives(self, element: str) -> np.ndarray:
         """dG_i/d(strain) (n_e, F_e, 3, 3) for every centre of ``element``."""
