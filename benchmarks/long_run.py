@@ -94,9 +94,9 @@ def run(args) -> None:
                 shadow_add(centre, height, metric, step)
                 return plain_add(centre, height, metric, step)
 
-            def merge_into(index, centre, height, metric, step):
+            def merge_into(index, centre, height, metric, step, *rest):
                 shadow_add(centre, height, metric, step)
-                return plain_merge(index, centre, height, metric, step)
+                return plain_merge(index, centre, height, metric, step, *rest)
 
             hills.add, hills.merge_into = add, merge_into
         timed_step = bias.step

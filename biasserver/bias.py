@@ -81,8 +81,9 @@ class GMetaDBias:
     compression: Mahalanobis distance below which a new hill is merged into the
         nearest existing one (None: never merge).
     max_hills: cap on the hills of each element (None: no cap). Once an element
-        holds this many, every new hill is merged into its nearest hill (moment
-        matching, as compression), so the cost of a step stops growing. Nearest:
+        holds this many, every new hill is merged into its nearest hill (as
+        compression merges: :meth:`HillSet.merge_into`), so the cost of a step
+        stops growing. Nearest:
         smallest (G - mu_s)^T A_s (G - mu_s) among the hill nearest before the
         deposition and the hills added or merged earlier in the same deposition.
     walls: wall objects (:mod:`biasserver.walls`) or their dict forms.

