@@ -11,19 +11,16 @@
    standardised by a plain-MD run of L steps, biasserver.coverage), per 1000
    reference evaluations, and the hills deposited.
 2. **Exchange cost.** ``mpirun -n N`` of this script's worker: each rank makes the
-   hill candidates of one H hill (70 functions, adaptive metric, 39 kB) and calls
+   hill candidates of one H hill (70 functions, adaptive metric) and calls
    :meth:`WalkerGroup.share` K times with all ranks in step (a plain MPI barrier
-   first, not timed). Per exchange: the whole call, the part spent adding the N
-   new hills to the bias (rank 0 applies them, the others replay its records:
-   the cost of having N times more hills, not of MPI) and the rest, the
-   communication; also the CPU time of the call (the exchange's own work, which
-   the wall time exceeds when the ranks wait to be scheduled); medians over the K
-   exchanges, the largest over the ranks; for
-   comparison one walker's ``apply_candidates`` of its hill without MPI, and one
-   sleeping barrier alone (what a synchronisation of the ranks costs on the
-   machine at the time: on a crowded node, the wait for every rank to be scheduled)
-   and the peer, a blocking MPI allgather of the same hills (how PLUMED's
-   WALKERS_MPI exchanges them; its ranks spin while they wait).
+   first, not timed). Per exchange: the whole call (wall and CPU time), of it the
+   allgather (pickling, the collective, unpickling) and the adding of the N new
+   hills to the rank's bias (the cost of having N times more hills, not of MPI),
+   and the wall time it adds over one walker's own deposition without MPI
+   (``apply_candidates`` of its hill); medians over the K exchanges, the largest
+   over the ranks. For comparison, in the same run: the peer, PLUMED's
+   WALKERS_MPI way (a blocking MPI allgather of the same hills, every rank adding
+   them all; its ranks spin while they wait), and the blocking allgather alone.
 
 --quick: L = 100 and K = 50 (for CI); the table in benchmarks/README.md is the
 full run (L = 1000, K = 400).
@@ -155,20 +152,24 @@ def exchange_worker(repeat: int) -> None:
         cpu.append(time.process_time() - start_cpu)
         adding.append(group.apply_seconds - before[0])
         collective.append(group.collective_seconds - before[1])
-    floor = []   # one sleeping barrier alone: what a synchronisation costs on this machine
+    peer = []    # PLUMED's WALKERS_MPI way: a blocking MPI allgather of the hills, every rank adds them all
+    bias = fresh_bias()
     for k in range(repeat):
         comm.Barrier()
         start = time.perf_counter()
-        group.wait_for_all()
-        floor.append(time.perf_counter() - start)
-    plain = []   # the peer: a blocking MPI allgather of the same hills (PLUMED's WALKERS_MPI way)
+        gathered = comm.allgather(candidates[k % 8])
+        bias.step_count = 5 * (k + 1)
+        for groups in gathered:
+            bias.apply_candidates(groups)
+        peer.append(time.perf_counter() - start)
+    plain = []   # the blocking MPI allgather alone: the communication's floor
     for k in range(repeat):
         comm.Barrier()
         start = time.perf_counter()
         comm.allgather(candidates[k % 8])
         plain.append(time.perf_counter() - start)
     stats = np.array([np.median(total), np.median(cpu), np.median(collective), np.median(adding),
-                      np.median(floor), np.median(plain)])
+                      np.median(peer), np.median(plain)])
     every = comm.gather(stats, root=0)
     if comm.Get_rank() == 0:
         worst = np.max(every, axis=0)
@@ -179,8 +180,8 @@ def exchange(repeat: int) -> list[str]:
     from biasserver.mpilaunch import mpi_command, mpi_environment
     rows = ["| walkers | one walker's deposition without MPI, ms | exchange: wall, ms | exchange: CPU, ms | "
             "of the wall time, the allgather, ms | of the wall time, adding all walkers' hills, ms "
-            "| wall time added over one walker's own deposition, ms | one barrier alone, ms "
-            "| blocking MPI allgather of the hills, ms | exchange / allgather | hills at the end |",
+            "| wall time added over one walker's own deposition, ms | peer: blocking allgather, every rank "
+            "adding the hills, ms | blocking allgather alone, ms | exchange / peer | hills at the end |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in (1, 2, 4):
         argv = mpi_command(n, [sys.executable, os.path.abspath(__file__), "--exchange-worker",
@@ -188,11 +189,11 @@ def exchange(repeat: int) -> list[str]:
         out = subprocess.run(argv, capture_output=True, text=True, env=mpi_environment(), cwd=REPO)
         if out.returncode != 0:
             raise SystemExit(out.stdout + out.stderr)
-        size, local, total, cpu, collective, adding, floor, plain, hills = out.stdout.split()
-        local, total, plain = float(local), float(total), float(plain)
+        size, local, total, cpu, collective, adding, peer, plain, hills = out.stdout.split()
+        local, total, peer = float(local), float(total), float(peer)
         rows.append(f"| {size} | {local:.3f} | {total:.3f} | {float(cpu):.3f} | {float(collective):.3f} | "
-                    f"{float(adding):.3f} | {total - local:.3f} | {float(floor):.3f} | {plain:.3f} | "
-                    f"{total / plain:.1f} | {hills} |")
+                    f"{float(adding):.3f} | {total - local:.3f} | {peer:.3f} | {float(plain):.3f} | "
+                    f"{total / peer:.2f} | {hills} |")
         print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
