@@ -190,12 +190,15 @@ class WalkerGroup:
             lengths = slots[:, :8].copy().view(np.int64)[:, 0]
             largest = int(lengths.max())
             if largest <= slot - 8:
-                return [slots[r, 8: 8 + int(n)].tobytes() for r, n in enumerate(lengths)]
+                return [message if r == self.rank else slots[r, 8: 8 + int(n)].tobytes()
+                        for r, n in enumerate(lengths)]
             self._slot = max(2 * slot, 1 << int(largest + 8 - 1).bit_length())
 
     def allgather(self, value):
-        """Every rank's ``value`` (any picklable object), in rank order."""
-        return [pickle.loads(m) for m in self._allgather(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))]
+        """Every rank's ``value`` (any picklable object), in rank order (this rank's
+        own is ``value`` itself, not a copy)."""
+        messages = self._allgather(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        return [value if r == self.rank else pickle.loads(m) for r, m in enumerate(messages)]
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job (MPI_Abort; mpirun names this rank)."""
