@@ -18,9 +18,11 @@
    hills to the rank's bias (the cost of having N times more hills, not of MPI),
    and the wall time it adds over one walker's own deposition without MPI
    (``apply_candidates`` of its hill); medians over the K exchanges, the largest
-   over the ranks. For comparison, in the same run: the peer, PLUMED's
-   WALKERS_MPI way (a blocking MPI allgather of the same hills, every rank adding
-   them all; its ranks spin while they wait), and the blocking allgather alone.
+   over the ranks. For comparison, taking turns with the exchange at every
+   deposition (so that all meet the same load on a busy machine): the peer,
+   PLUMED's WALKERS_MPI way (a blocking MPI allgather of the same hills, every
+   rank adding them all; its ranks spin while they wait), and the blocking
+   allgather alone.
 
 --quick: L = 100 and K = 50 (for CI); the table in benchmarks/README.md is the
 full run (L = 1000, K = 400).
@@ -140,9 +142,10 @@ def exchange_worker(repeat: int) -> None:
         start = time.perf_counter()
         bias.apply_candidates(candidates[k % 8])
         local.append(time.perf_counter() - start)
-    group = WalkerGroup(comm)
-    bias = fresh_bias()
-    total, adding, collective, cpu = [], [], [], []
+    # the exchange, the peer and the allgather alone take turns at every deposition k, so
+    # that all three meet the same load on a busy machine
+    group, bias, peer_bias = WalkerGroup(comm), fresh_bias(), fresh_bias()
+    total, adding, collective, cpu, peer, plain = [], [], [], [], [], []
     for k in range(repeat):
         comm.Barrier()
         before = group.apply_seconds, group.collective_seconds
@@ -152,18 +155,15 @@ def exchange_worker(repeat: int) -> None:
         cpu.append(time.process_time() - start_cpu)
         adding.append(group.apply_seconds - before[0])
         collective.append(group.collective_seconds - before[1])
-    peer = []    # PLUMED's WALKERS_MPI way: a blocking MPI allgather of the hills, every rank adds them all
-    bias = fresh_bias()
-    for k in range(repeat):
+        # the peer, PLUMED's WALKERS_MPI way: a blocking MPI allgather, every rank adding all hills
         comm.Barrier()
         start = time.perf_counter()
         gathered = comm.allgather(candidates[k % 8])
-        bias.step_count = 5 * (k + 1)
+        peer_bias.step_count = 5 * (k + 1)
         for groups in gathered:
-            bias.apply_candidates(groups)
+            peer_bias.apply_candidates(groups)
         peer.append(time.perf_counter() - start)
-    plain = []   # the blocking MPI allgather alone: the communication's floor
-    for k in range(repeat):
+        # the blocking MPI allgather alone: the communication's floor
         comm.Barrier()
         start = time.perf_counter()
         comm.allgather(candidates[k % 8])
