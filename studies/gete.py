@@ -245,7 +245,7 @@ def training_comparison(pipeline, c: Mapping[str, Any]) -> dict[str, Any]:
         return gete_nnp.error_table({f"NNP-{n}": absolute(m["model"]) for n, m in models.items()}, frame_sets)
 
     depends = ["test-amorphous", "test-rhombohedral"] + [f"{k}-{n}" for n in runs for k in ("select", "train")]
-    table = pipeline.stage("errors", {"sets": sorted(frame_sets)}, errors, depends=depends)
+    table = pipeline.stage("errors", {"sets": sorted(frame_sets), "version": 2}, errors, depends=depends)
 
     def report(folder: str, resume: bool) -> dict:
         verdicts = {f"NNP-{n}": gete_nnp.compare(table, f"NNP-{n}", "NNP-MD") for n in runs if n != "MD"}

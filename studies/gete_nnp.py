@@ -264,7 +264,9 @@ def error_table(models: Mapping[str, str], frame_sets: Mapping[str, str]) -> dic
     energy RMSE (eV/atom) and force RMSE (eV/A); every member's, with their mean
     and std over members; the committee's mean spread (std over members of the
     predicted energy per atom; RMS over atoms of the norm of the force std vector,
-    eV/A); and the RMSE of a constant energy (the set's mean), for scale. Each
+    eV/A); the committee's mean energy error and its std over frames (eV/atom: an
+    offset against an error in relative energies); and the RMSE of a constant
+    energy (the set's mean), for scale. Each
     frame's symmetry functions are computed once per distinct set of functions."""
     from nnp.calculator import member_model
     from nnp.dataset import read_frames
@@ -306,6 +308,7 @@ def error_table(models: Mapping[str, str], frame_sets: Mapping[str, str]) -> dic
                 "energy_rmse_members": e_members, "force_rmse_members": f_members,
                 "energy_rmse_member_mean": float(np.mean(e_members)), "energy_rmse_member_std": float(np.std(e_members)),
                 "force_rmse_member_mean": float(np.mean(f_members)), "force_rmse_member_std": float(np.std(f_members)),
+                "energy_mean_error": float(np.mean(a["e"])), "energy_error_std": float(np.std(a["e"])),
                 "energy_spread": float(np.mean(a["e_std"])), "force_spread": rms(a["f_std"]),
                 "energy_constant_rmse": float(np.std(e_true))}
     return table

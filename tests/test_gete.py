@@ -437,3 +437,5 @@ def test_error_table_matches_nnp_evaluate_for_committee_and_members(tmp_path):
                 assert row["energy_rmse_members"][k] == pytest.approx(member["energy_per_atom"]["rmse"], rel=1e-9)
                 assert row["force_rmse_members"][k] == pytest.approx(member["forces"]["rmse"], rel=1e-9)
             assert row["force_rmse_member_std"] == pytest.approx(np.std(row["force_rmse_members"]), rel=1e-12)
+            assert row["energy_mean_error"] ** 2 + row["energy_error_std"] ** 2 == pytest.approx(
+                row["energy_rmse"] ** 2, rel=1e-9)
