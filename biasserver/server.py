@@ -392,8 +392,8 @@ class BiasServer:
                          hill_digest(self.bias), "" if self.walkers is None else
                          f"; {self.walkers.exchanges} exchanges, {self.walkers.exchange_seconds:.3f} s "
                          f"exchanging ({self.walkers.collective_seconds:.3f} s of it in the allgather, "
-                         f"waiting for the other walkers included, {self.walkers.apply_seconds:.3f} s "
-                         "adding hills)")
+                         f"of which {self.walkers.wait_seconds:.3f} s waiting for the last walker to arrive; "
+                         f"{self.walkers.apply_seconds:.3f} s adding hills)")
         finally:
             conn.close()
             if executor is not None:

@@ -119,6 +119,10 @@ class WalkerGroup:
         self.exchange_seconds = 0.0
         #: of exchange_seconds: in the allgather (waiting for the last walker, transfer), s
         self.collective_seconds = 0.0
+        #: of collective_seconds: from this walker's arrival to the last walker's, by
+        #: the ranks' clocks (time.time(): exact on one node, within the clocks'
+        #: agreement across nodes), s
+        self.wait_seconds = 0.0
         #: of exchange_seconds: adding every walker's hills to this rank's bias, s
         self.apply_seconds = 0.0
         #: CRC-32 of every hill record this rank has applied, in order (compared at
@@ -216,17 +220,19 @@ class WalkerGroup:
         start = time.perf_counter()
         if self.exchanges == 0:   # the hills every rank starts from are compared too
             self.checksum = zlib.crc32(hill_digest(bias).encode())
-        gathered = self.allgather((step, list(candidates), done, self.checksum))
+        arrival = time.time()
+        gathered = self.allgather((step, list(candidates), done, self.checksum, arrival))
         gathered_at = time.perf_counter()
         self.collective_seconds += gathered_at - start
-        differing = [r for r, (_, _, _, checksum) in enumerate(gathered) if checksum != gathered[0][3]]
+        self.wait_seconds += max(0.0, max(g[4] for g in gathered) - arrival)
+        differing = [r for r, g in enumerate(gathered) if g[3] != gathered[0][3]]
         if differing:
             raise WalkerError(f"before step {step} the hills of walker{'s' if len(differing) > 1 else ''} "
                               f"{', '.join(map(str, differing))} differ from walker 0's (CRC-32 of the hill "
                               "records each has applied): the walkers made different hills of the same "
                               "candidates; run every walker with the same configuration and build on the "
                               "same kind of CPU")
-        active = [(rank, s, groups) for rank, (s, groups, d, _) in enumerate(gathered) if not d]
+        active = [(rank, s, groups) for rank, (s, groups, d, _, _) in enumerate(gathered) if not d]
         steps = sorted({s for _, s, _ in active})
         if len(steps) > 1:
             where = ", ".join(f"walker {rank} at step {s}" for rank, s, _ in active)

@@ -200,6 +200,10 @@ def test_force_client_of_one_walker_killed_mid_step(two_walkers, tmp_path):
     log = (tmp_path / "server.log").read_text()
     dropped = [ln for ln in log.splitlines() if "dropping force client" in ln]
     assert len(dropped) == 1 and " walker 1 " in dropped[0] and f"at step {kill_at}" in dropped[0], log
+    # walker 0 waited at the next deposition step while walker 1's new driver started
+    waited = {int(ln.split(" walker ")[1].split()[0]): float(ln.split("of which ")[1].split(" s waiting")[0])
+              for ln in log.splitlines() if " s waiting for the last walker to arrive" in ln}
+    assert waited[0] > 0.3 and waited[0] > waited[1], log[-2000:]
     check_shared_bias(tmp_path, 2)
     same = hillsfile.read(two_walkers / "HILLS").records
     for a, b in zip(hillsfile.read(tmp_path / "HILLS").records, same, strict=True):
