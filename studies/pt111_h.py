@@ -9,14 +9,17 @@ sets, each from ``budget`` MD steps (= reference evaluations) of one run:
 - **L**: plain MD at ``t_low`` (600 K), the bottom ``fixed_layers`` layer(s) fixed
   as in the example;
 - **H**: plain MD at ``t_high`` (1700 K). EMT's top Pt layer premelts there
-  (measured over 4 ps, 0.5 fs, Langevin): it moves out by 0.5 A, its heights
-  spread over 1.0-1.7 A, atoms pop out as short-lived adatoms and wander (lateral
-  mean square displacement 2.5 A^2 after 4 ps); with only the bottom layer fixed
-  the second layer slides too (0.4-0.7 A^2, against 0.1 A^2 with two fixed). A
-  user keeps the slab's lower half crystalline by fixing more of it:
-  ``fixed_layers_high`` (2) bottom layers; the top layer's disorder is part of
-  what high-temperature MD samples;
-- **G**: G-metaD at ``t_low``, the bias on H only, settings chosen by a **scan**
+  (the full run, 5 ps, two layers fixed; docs/results/pt111-h.md): it moves out
+  by 0.5 A, its heights spread over up to 1.7 A, atoms pop out as short-lived
+  adatoms (11 % of the frames) and the layer's atoms wander (lateral mean square
+  displacement 0.9 A^2), the second layer's 0.4 A^2. A user keeps the slab's
+  lower half crystalline by fixing more of it: ``fixed_layers_high`` (2) bottom
+  layers (a 4 ps test with one fixed layer let the second layer slide to
+  0.4-0.7 A^2); the top layer's disorder is part of what high-temperature MD
+  samples;
+- **G**: G-metaD at ``t_low``, the bias on H's environment only (its forces
+  still push the Pt atoms within H's cutoff: in the full run they tore the top
+  layer after 1.6 ps and H went into it), settings chosen by a **scan**
   before anything is trained: every candidate of :data:`SCAN_CANDIDATES` runs
   ``scan_steps`` steps; it qualifies when the run is stable
   (:func:`studies.pipeline.stability`: mean temperature of the second half within
