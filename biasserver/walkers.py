@@ -35,8 +35,8 @@ allgather is repeated once with the larger slot: at the first deposition and whe
 the messages grow). Simple and deterministic, at a price: a slow walker holds the
 others at each deposition step. Waiting walkers sleep (the allgather is
 non-blocking: it is polled for 10 ms, yielding the core, then between sleeps of a
-tenth of the time waited so far, at most 2 ms), they do not spin, so on a shared
-node they leave the cores to the walkers still computing (a DFT walker's wait of
+tenth of the time waited so far, at most 2 ms); beyond 10 ms they do not spin, so
+on a shared node they leave the cores to the walkers still computing (a DFT walker's wait of
 seconds costs the others 10 ms of CPU and a wake-up latency of at most 2 ms).
 
 **Faults.** A walker whose force client dies waits for the next client as a
