@@ -117,6 +117,17 @@ def write_ipi_input(source: str, target: str, ipi_socket: str, old_socket: str,
     return output.get("prefix", "i-pi") if output is not None else "i-pi"
 
 
+#: i-PI's total_steps when its input (or a restart file it wrote) has none: i-PI
+#: leaves the default out of the restart files it writes
+IPI_DEFAULT_TOTAL_STEPS = 1000
+
+
+def ipi_total_steps(path: str) -> int:
+    """The total_steps of an i-PI input or restart file (i-PI's default when absent)."""
+    text = ET.parse(path).findtext("total_steps")
+    return int(text) if text is not None and text.strip() else IPI_DEFAULT_TOTAL_STEPS
+
+
 def _remove_stale_socket(name: str) -> None:
     """Remove the socket file of a killed run's ``unix:NAME`` address when nothing
     listens on it any more (a connection is refused)."""
@@ -181,7 +192,7 @@ class Run:
                                       self.ipi_socket, _socket_name(config.server.ipi), steps,
                                       os.path.dirname(config.run.ipi_input), restartable=True,
                                       checkpoint_stride=config.run.checkpoint_stride)
-        self.total_steps = steps or int(ET.parse(os.path.join(outdir, "input.xml")).findtext("total_steps"))
+        self.total_steps = steps or ipi_total_steps(os.path.join(outdir, "input.xml"))
         data = as_dict(config)
         data.pop("run")
         data["server"].update(ipi=f"unix:{self.ipi_socket}", listen=f"unix:{self.ref_socket}")
@@ -214,7 +225,7 @@ class Run:
             _remove_stale_socket(_socket_name(address))
         self.prefix = write_ipi_input(self.restart_file, target, self.ipi_socket,
                                       _socket_name(data["server"]["ipi"]), steps, self.outdir)
-        self.total_steps = int(ET.parse(target).findtext("total_steps"))
+        self.total_steps = ipi_total_steps(target)
         data["server"].update(ipi=f"unix:{self.ipi_socket}", listen=f"unix:{self.ref_socket}", ipi_restart=target)
         data["bias"]["restart"] = True
         tmp = yaml_path + ".tmp"

@@ -34,7 +34,7 @@ from . import checkpoint
 from .config import RunConfig, as_dict, keep_aside
 from .mpilaunch import mpi_command, mpi_environment
 from .protocol import parse_address
-from .runner import (Run, RunFailed, _remove_stale_socket, _socket_name, ipi_command,
+from .runner import (Run, RunFailed, _remove_stale_socket, _socket_name, ipi_command, ipi_total_steps,
                      stop_process_groups, this_environment, write_ipi_input)
 from .walkers import PLACEHOLDER, for_walker
 
@@ -104,7 +104,7 @@ class WalkerRun(Run):
                                           os.path.dirname(config.run.ipi_input), restartable=True,
                                           checkpoint_stride=config.run.checkpoint_stride)
             walker_seed(target, r)
-        self.total_steps = steps or int(ET.parse(os.path.join(self.folders[0], "input.xml")).findtext("total_steps"))
+        self.total_steps = steps or ipi_total_steps(os.path.join(self.folders[0], "input.xml"))
         data = as_dict(config)
         data.pop("run")
         data["server"].update(ipi=f"unix:{tag}-w{PLACEHOLDER}", listen=f"unix:{tag}-w{PLACEHOLDER}-ref",
@@ -142,7 +142,7 @@ class WalkerRun(Run):
                 log = os.path.join(folder, f"{name}.log")
                 if os.path.exists(log):
                     keep_aside(log)
-        self.total_steps = int(ET.parse(os.path.join(self.folders[0], self.ipi_inputs[0])).findtext("total_steps"))
+        self.total_steps = ipi_total_steps(os.path.join(self.folders[0], self.ipi_inputs[0]))
         tag = self.ipi_sockets[0][:-len("-w0")]
         data["server"].update(ipi=f"unix:{tag}-w{PLACEHOLDER}", listen=f"unix:{tag}-w{PLACEHOLDER}-ref",
                               ipi_restart=os.path.join(self.outdir, f"walker-{PLACEHOLDER}",

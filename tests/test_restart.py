@@ -394,3 +394,14 @@ def test_whole_job_killed_at_a_random_step_resumes_as_the_uninterrupted_run(tmp_
     assert len(read(out / "frames.extxyz", ":")) == JOB_STEPS + 1
     missing = gmetad_run(str(example), "--output", str(tmp_path / "nothing"), "--resume")
     assert missing.returncode == 2 and "no earlier output" in missing.stderr, missing.stderr
+
+
+def test_total_steps_of_ipi_files_default_to_ipis(tmp_path):
+    # i-PI leaves total_steps out of the restart files it writes when it has its
+    # default (1000); a resumed run of 1000 steps must read it as i-PI does
+    from biasserver.runner import IPI_DEFAULT_TOTAL_STEPS, ipi_total_steps
+    with_steps, without = tmp_path / "input.xml", tmp_path / "RESTART"
+    with_steps.write_text("<simulation><total_steps> 240 </total_steps></simulation>")
+    without.write_text("<simulation><step>1000</step></simulation>")
+    assert ipi_total_steps(str(with_steps)) == 240
+    assert ipi_total_steps(str(without)) == IPI_DEFAULT_TOTAL_STEPS == 1000
