@@ -109,6 +109,15 @@ class Pipeline:
         """A path inside the work folder."""
         return os.path.join(self.workdir, *parts)
 
+    def relative(self, path: str) -> str:
+        """``path`` relative to the work folder, as stage outputs store files (a moved
+        work folder still resolves them)."""
+        return os.path.relpath(path, self.workdir)
+
+    def absolute(self, path: str) -> str:
+        """A stored path (relative to the work folder, or absolute) as an absolute path."""
+        return path if os.path.isabs(path) else self.path(path)
+
     def say(self, message: str) -> None:
         elapsed = time.monotonic() - self.started
         print(f"[{elapsed / 60:5.1f} min] {message}", file=self.stream, flush=True)
@@ -399,6 +408,36 @@ def sample(spec: RunSpec, folder: str, symmetry: Mapping[str, Any], stream: Text
 
 
 # ------------------------------------------------------------------ run diagnostics
+
+
+#: the RunResult fields that are files (stored relative to the work folder by :func:`sampling_stage`)
+RUN_FILES = ("frames", "md_out", "hills")
+
+
+def sample_all(specs: Sequence[RunSpec], folder: str, symmetry: Mapping[str, Any], jobs: int,
+               stream: TextIO = sys.stderr) -> dict[str, dict]:
+    """Run every spec with :func:`sample` in ``folder/<name>``, up to ``jobs`` at once
+    (threads: each run is its own i-PI, server and driver processes); returns the
+    RunResult dicts by run name."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(spec: RunSpec) -> dict[str, Any]:
+        return sample(spec, os.path.join(folder, spec.name), symmetry, stream=stream).to_dict()
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = list(pool.map(one, specs))
+    return {r["name"]: r for r in results}
+
+
+def sampling_stage(p: Pipeline, specs: Sequence[RunSpec], symmetry: Mapping[str, Any],
+                   jobs: int) -> Callable[[str, bool], dict[str, dict]]:
+    """The work of a sampling stage for :meth:`Pipeline.stage`: :func:`sample_all` on
+    ``specs``, the runs' files stored relative to the work folder."""
+    def fn(folder: str, resume: bool) -> dict[str, dict]:
+        out = sample_all(specs, folder, symmetry, jobs, p.stream)
+        return {name: {k: (p.relative(v) if k in RUN_FILES and v else v) for k, v in r.items()}
+                for name, r in out.items()}
+    return fn
 
 
 def md_log(path: str) -> dict[str, np.ndarray]:

@@ -337,25 +337,6 @@ def _spread(values: Sequence[float]) -> dict[str, Any]:
 # ------------------------------------------------------------------ the study
 
 
-def _rel(p: Pipeline, path: str) -> str:
-    return os.path.relpath(path, p.workdir)
-
-
-def _abs(p: Pipeline, path: str) -> str:
-    return path if os.path.isabs(path) else p.path(path)
-
-
-def _sample_all(specs: list[RunSpec], folder: str, jobs: int, stream: TextIO) -> dict[str, dict]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(sp):
-        return pipeline.sample(sp, os.path.join(folder, sp.name), SYMMETRY, stream=stream).to_dict()
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = list(pool.map(one, specs))
-    return {r["name"]: r for r in results}
-
-
 def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO = sys.stderr,
               stop_after: str | None = None) -> dict[str, Any]:
     """Run (or resume) the whole study in ``workdir``; returns the results dict also
@@ -368,11 +349,7 @@ def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO =
     results: dict[str, Any] = {"settings": s.describe(), "truth": truth}
 
     def sampling(specs):
-        def fn(folder, resume):
-            out = _sample_all(specs, folder, s.jobs, stream)
-            return {name: {k: (_rel(p, v) if k in ("frames", "md_out", "hills") and v else v)
-                           for k, v in r.items()} for name, r in out.items()}
-        return fn
+        return pipeline.sampling_stage(p, specs, SYMMETRY, s.jobs)
 
     specs = {"L": spec(s, truth, "L", s.budget, s.t_low, s.fixed_layers, 11),
              "H": spec(s, truth, "H", s.budget, s.t_high, s.fixed_layers_high, 21)}
@@ -384,8 +361,8 @@ def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO =
                   for k, cand in enumerate(s.scan_candidates)]
 
     def scan(folder, resume):
-        out = _sample_all(scan_specs, folder, s.jobs, stream)
-        reference = pipeline.read_frames(_abs(p, runs_lh["L"]["frames"]), s.coverage_stride)
+        out = pipeline.sample_all(scan_specs, folder, SYMMETRY, s.jobs, stream)
+        reference = pipeline.read_frames(p.absolute(runs_lh["L"]["frames"]), s.coverage_stride)
         rows = []
         for k, (cand, sp) in enumerate(zip(s.scan_candidates, scan_specs)):
             r = out[sp.name]
@@ -416,7 +393,7 @@ def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO =
     specs["G"] = spec(s, truth, "G", s.budget, s.t_low, s.fixed_layers, 31, scan_out["chosen"])
     runs_g = p.stage("sample_G", {"runs": [specs["G"].describe()]}, sampling([specs["G"]]), depends=["scan"])
     runs = {"L": runs_lh["L"], "H": runs_lh["H"], "G": runs_g["G"]}
-    set_files = {name: [_abs(p, r["frames"])] for name, r in runs.items()}
+    set_files = {name: [p.absolute(r["frames"])] for name, r in runs.items()}
     results["runs"] = runs
 
     # -- Fig. 1: sites over time, site statistics, H environments on principal axes
@@ -435,7 +412,7 @@ def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO =
             time_ps = [f.info["step"] * sp.timestep / 1000.0 for f in fr]
             labels = site_series(fr)
             series[name] = (time_ps, labels)
-            log = pipeline.md_log(_abs(p, runs[name]["md_out"]))
+            log = pipeline.md_log(p.absolute(runs[name]["md_out"]))
             out["runs"][name] = {**site_statistics(labels, time_ps), "temperature": sp.temperature,
                                  "fixed_layers": {"L": s.fixed_layers, "H": s.fixed_layers_high,
                                                   "G": s.fixed_layers}[name],
@@ -456,12 +433,12 @@ def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO =
                                  "centres": h_coverage_curve(fr[::max(1, s.coverage_stride // s.site_stride)],
                                                              reference, sf, s.coverage_radius)}
                              for n, fr in frames.items()}
-        out["figures"] = {"sites": _rel(p, fig1_sites(series, os.path.join(folder, "pt111-h-fig1-sites.png"))),
-                          "pca": _rel(p, fig1_pca(out["pca"], os.path.join(folder, "pt111-h-fig1-pca.png")))}
+        out["figures"] = {"sites": p.relative(fig1_sites(series, os.path.join(folder, "pt111-h-fig1-sites.png"))),
+                          "pca": p.relative(fig1_pca(out["pca"], os.path.join(folder, "pt111-h-fig1-pca.png")))}
         pipeline.write_json(os.path.join(folder, "pt111-h-sites.json"),
                             {n: {k: r[k] for k in ("fractions", "first_visit_ps", "visited")}
                              for n, r in out["runs"].items()})
-        out["json"] = _rel(p, os.path.join(folder, "pt111-h-sites.json"))
+        out["json"] = p.relative(os.path.join(folder, "pt111-h-sites.json"))
         return out
 
     results["sites"] = p.stage("sites", {"stride": s.site_stride, "coverage": [s.coverage_stride, s.coverage_radius],
@@ -473,7 +450,7 @@ def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO =
     def select(folder, resume):
         out = pipeline.select_equal_budget(set_files, s.train_frames, s.test_frames, s.pool, sf, folder)
         for v in out.values():
-            v["train"], v["test"] = _rel(p, v["train"]), _rel(p, v["test"])
+            v["train"], v["test"] = p.relative(v["train"]), p.relative(v["test"])
         return out
 
     selection = p.stage("select", {"pool": s.pool, "train": s.train_frames, "test": s.test_frames}, select,
@@ -484,17 +461,17 @@ def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO =
 
     def train(folder, resume):
         names = ("L", "H", "G")
-        args = [(_abs(p, selection[n]["train"]), os.path.join(folder, f"nnp-{n}.pt"), dict(training),
+        args = [(p.absolute(selection[n]["train"]), os.path.join(folder, f"nnp-{n}.pt"), dict(training),
                  os.path.join(folder, f"nnp-{n}.train.log")) for n in names]
         out = pipeline.parallel(pipeline.train_task, args, s.jobs, p.say, list(names))
-        return {n: {**o, "model": _rel(p, o["model"])} for n, o in zip(names, out)}
+        return {n: {**o, "model": p.relative(o["model"])} for n, o in zip(names, out)}
 
     models = p.stage("train", {"training": training}, train, depends=["select"])
     results["models"] = models
 
     def cross(folder, resume):
-        return pipeline.cross_table({f"NNP-{n}": _abs(p, m["model"]) for n, m in models.items()},
-                                    {n: _abs(p, v["test"]) for n, v in selection.items()})
+        return pipeline.cross_table({f"NNP-{n}": p.absolute(m["model"]) for n, m in models.items()},
+                                    {n: p.absolute(v["test"]) for n, v in selection.items()})
 
     results["cross_table"] = p.stage("cross", {}, cross, depends=["train", "select"])
 
@@ -513,7 +490,7 @@ def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO =
         truth_rec["images_energy"] = _energies_of(truth_images)
         tasks, labels, owners = [], [], []
         for name, m in models.items():
-            model_path = _abs(p, m["model"])
+            model_path = p.absolute(m["model"])
             for k in range(load_model(model_path).n_members):
                 tasks.append((model_path, k, truth_images, os.path.join(folder, f"NNP-{name}-{k}.json"), neb))
                 labels.append(f"NNP-{name} member {k + 1}")
@@ -535,14 +512,14 @@ def run_study(workdir: str, s: PtHSettings, truth: str = "emt", stream: TextIO =
         from .pt111_h_plots import fig2_paths
 
         fig2 = fig2_paths(results["paths"], os.path.join(folder, "pt111-h-fig2.png"))
-        results["figures"] = {**results["sites"]["figures"], "fig2": _rel(p, fig2)}
+        results["figures"] = {**results["sites"]["figures"], "fig2": p.relative(fig2)}
         fig2_json = os.path.join(folder, "pt111-h-fig2.json")
         pipeline.write_json(fig2_json, fig2_summary(results["paths"]))
         pipeline.write_json(os.path.join(folder, "pt111-h-results.json"), results)
         with open(os.path.join(folder, "pt111-h-summary.md"), "w") as handle:
             handle.write(summary_markdown(results))
-        return {"json": _rel(p, os.path.join(folder, "pt111-h-results.json")), "fig2_json": _rel(p, fig2_json),
-                "summary": _rel(p, os.path.join(folder, "pt111-h-summary.md")), "figures": results["figures"]}
+        return {"json": p.relative(os.path.join(folder, "pt111-h-results.json")), "fig2_json": p.relative(fig2_json),
+                "summary": p.relative(os.path.join(folder, "pt111-h-summary.md")), "figures": results["figures"]}
 
     rep = p.stage("report", {"version": 1}, report, depends=["scan", "sites", "select", "train", "cross", "paths"])
     results["report"] = rep

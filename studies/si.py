@@ -207,26 +207,6 @@ def specs_g(s: SiSettings, truth: str, candidate: Mapping[str, Any], steps: int,
 # ------------------------------------------------------------------ stages
 
 
-def _sample_all(specs: list[RunSpec], folder: str, jobs: int, stream: TextIO) -> dict[str, dict]:
-    """Run every spec in ``folder/<name>`` (up to ``jobs`` at once); returns RunResult dicts."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(spec):
-        return pipeline.sample(spec, os.path.join(folder, spec.name), SYMMETRY, stream=stream).to_dict()
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = list(pool.map(one, specs))
-    return {r["name"]: r for r in results}
-
-
-def _rel(p: Pipeline, path: str) -> str:
-    return os.path.relpath(path, p.workdir)
-
-
-def _abs(p: Pipeline, path: str) -> str:
-    return path if os.path.isabs(path) else p.path(path)
-
-
 def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = sys.stderr,
               stop_after: str | None = None) -> dict[str, Any]:
     """Run (or resume) the whole Si study in ``workdir``; returns the results dict
@@ -239,11 +219,7 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
     results: dict[str, Any] = {"settings": s.describe(), "truth": truth}
 
     def sampling(specs):
-        def fn(folder, resume):
-            out = _sample_all(specs, folder, s.jobs, stream)
-            return {name: {k: (_rel(p, v) if k in ("frames", "md_out", "hills") and v else v)
-                           for k, v in r.items()} for name, r in out.items()}
-        return fn
+        return pipeline.sampling_stage(p, specs, SYMMETRY, s.jobs)
 
     l_specs, h_specs = specs_l(s, truth), specs_h(s, truth)
     runs_l = p.stage("sample_L", {"runs": [x.describe() for x in l_specs]}, sampling(l_specs))
@@ -254,8 +230,8 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
         scan_specs += specs_g(s, truth, cand, s.scan_steps, [101 + k], prefix=f"scan{k + 1}")
 
     def scan(folder, resume):
-        out = _sample_all(scan_specs, folder, s.jobs, stream)
-        reference = pipeline.read_frames(_abs(p, runs_l["L"]["frames"]), s.coverage_stride)
+        out = pipeline.sample_all(scan_specs, folder, SYMMETRY, s.jobs, stream)
+        reference = pipeline.read_frames(p.absolute(runs_l["L"]["frames"]), s.coverage_stride)
         rows = []
         for k, (cand, spec) in enumerate(zip(s.scan_candidates, scan_specs)):
             r = out[spec.name]
@@ -288,12 +264,12 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
 
     runs_h = p.stage("sample_H", {"runs": [x.describe() for x in h_specs]}, sampling(h_specs))
     sets = {"L": [runs_l["L"]], "H": [runs_h[x.name] for x in h_specs], "G": [runs_g[x.name] for x in g_specs]}
-    set_files = {name: [_abs(p, r["frames"]) for r in runs] for name, runs in sets.items()}
+    set_files = {name: [p.absolute(r["frames"]) for r in runs] for name, runs in sets.items()}
     results["runs"] = {name: [{k: v for k, v in r.items()} for r in runs] for name, runs in sets.items()}
     results["runs_stability"] = {}
     for name, runs in sets.items():
         for r, spec in zip(runs, {"L": l_specs, "H": h_specs, "G": g_specs}[name]):
-            log = pipeline.md_log(_abs(p, r["md_out"]))
+            log = pipeline.md_log(p.absolute(r["md_out"]))
             results["runs_stability"][r["name"]] = pipeline.stability(log, spec.temperature)
 
     def coverage(folder, resume):
@@ -307,7 +283,7 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
     def select(folder, resume):
         out = pipeline.select_equal_budget(set_files, s.train_frames, s.test_frames, s.pool, sf, folder)
         for v in out.values():
-            v["train"], v["test"] = _rel(p, v["train"]), _rel(p, v["test"])
+            v["train"], v["test"] = p.relative(v["train"]), p.relative(v["test"])
         return out
 
     selection = p.stage("select", {"pool": s.pool, "train": s.train_frames, "test": s.test_frames}, select,
@@ -316,18 +292,18 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
                             for k, v in selection.items()}
 
     def train(folder, resume):
-        tasks = [(name, _abs(p, selection[name]["train"]), os.path.join(folder, f"nnp-{name}.pt"))
+        tasks = [(name, p.absolute(selection[name]["train"]), os.path.join(folder, f"nnp-{name}.pt"))
                  for name in ("L", "H", "G")]
         out = pipeline.parallel(pipeline.train_task, [(path, model, dict(s.training), os.path.join(folder, f"nnp-{name}.train.log"))
                                      for name, path, model in tasks], s.jobs, p.say, [t[0] for t in tasks])
-        return {name: {**o, "model": _rel(p, o["model"])} for (name, _, _), o in zip(tasks, out)}
+        return {name: {**o, "model": p.relative(o["model"])} for (name, _, _), o in zip(tasks, out)}
 
     models = p.stage("train", {"training": s.training}, train, depends=["select"])
     results["models"] = models
 
     def cross(folder, resume):
-        return pipeline.cross_table({f"NNP-{n}": _abs(p, m["model"]) for n, m in models.items()},
-                                    {n: _abs(p, v["test"]) for n, v in selection.items()})
+        return pipeline.cross_table({f"NNP-{n}": p.absolute(m["model"]) for n, m in models.items()},
+                                    {n: p.absolute(v["test"]) for n, v in selection.items()})
 
     results["cross_table"] = p.stage("cross", {}, cross, depends=["train", "select"])
 
@@ -338,10 +314,10 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
         model_info = {}
         for name, m in models.items():
             from nnp.model import load_model
-            n_members = load_model(_abs(p, m["model"])).n_members
+            n_members = load_model(p.absolute(m["model"])).n_members
             model_info[name] = n_members
             for k in range(n_members):
-                tasks.append((f"NNP-{name}", _abs(p, m["model"]), k))
+                tasks.append((f"NNP-{name}", p.absolute(m["model"]), k))
                 labels.append(f"NNP-{name} member {k + 1}")
         compute = functools.partial(compute_properties, quick=s.quick_properties, keys=keys)
         args = [(compute, t[1], t[2], os.path.join(folder, f"{t[0]}-{i}.json")) for i, t in enumerate(tasks)]
@@ -359,7 +335,7 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
 
     def gaps(folder, resume):
         a0 = results["properties"]["truth"]["a0"]["mean"] or 5.431
-        return pipeline.environment_gaps({n: _abs(p, v["train"]) for n, v in selection.items()},
+        return pipeline.environment_gaps({n: p.absolute(v["train"]) for n, v in selection.items()},
                                          probe_structures(a0), sf, s.coverage_radius)
 
     results["gaps"] = p.stage("gaps", {"radius": s.coverage_radius}, gaps, depends=["select", "properties"])
@@ -375,12 +351,12 @@ def run_study(workdir: str, s: SiSettings, truth: str = "sw", stream: TextIO = s
             "coverage": plots.coverage_plot(results["coverage"], os.path.join(folder, "si-coverage.png")),
             "cross": plots.cross_table_plot(results["cross_table"], os.path.join(folder, "si-cross.png")),
         }
-        results["figures"] = {k: _rel(p, v) for k, v in figures.items()}
+        results["figures"] = {k: p.relative(v) for k, v in figures.items()}
         pipeline.write_json(os.path.join(folder, "si-results.json"), results)
         with open(os.path.join(folder, "si-summary.md"), "w") as handle:
             handle.write(summary_markdown(results))
-        return {"json": _rel(p, os.path.join(folder, "si-results.json")),
-                "summary": _rel(p, os.path.join(folder, "si-summary.md")), "figures": results["figures"]}
+        return {"json": p.relative(os.path.join(folder, "si-results.json")),
+                "summary": p.relative(os.path.join(folder, "si-summary.md")), "figures": results["figures"]}
 
     # the report always reflects the stages above: its key is theirs
     rep = p.stage("report", {"version": 1}, report,
