@@ -326,7 +326,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-analysis", action="store_true", help="skip the pruning analysis")
     parser.add_argument("--sections", default="kernel,symmetry,deposition,tables,long",
                         help="comma-separated: kernel (before/after ratios, GFLOP/s vs DGEMM), symmetry "
-                             "(symmetry functions on each code path), deposition, parts (of a capped "
+                             "(symmetry functions on each code path), deposition, threads (1 and 2), parts (of a capped "
                              "biased step), "
                              "tables (the timing, memory and pruning tables), long (long-run table)")
     parser.add_argument("--kernel-repeats", type=int, default=7, help="interleaved repeats of the before/after timings")
@@ -338,6 +338,10 @@ def parse_args(argv=None):
                         help="long-run table: covering radius (standardised G)")
     parser.add_argument("--cache-dir", default=os.path.join(ROOT, "benchmarks", ".cache"))
     parser.add_argument("--regenerate", action="store_true", help="rerun the MD even if cached")
+    parser.add_argument("--before", default=None,
+                        help="parts: also measure the gmetad source tree at this path (e.g. a git worktree "
+                             "of an older commit, with its C kernels built), in turn with this one")
+    parser.add_argument("--parts-rounds", type=int, default=2, help="parts: rounds of the interleaved measurements")
     args = parser.parse_args(argv)
     if args.quick:
         args.max_hills = min(args.max_hills, 10_000)
@@ -443,13 +447,21 @@ def main(argv=None):
         import bench_sections
         print("## Parts of a biased step at the long-run settings, cost bounded by max_hills")
         print()
-        with threads_context(1):
-            bench_sections.step_parts(sf, si64())
+        trees = ({"before": args.before} if args.before else {}) | {"now": ROOT}
+        bench_sections.step_parts(trees, threads=threads, rounds=args.parts_rounds)
+    if "threads" in sections:
+        import bench_sections
+        print("## The OpenMP parts of a biased step at 1 and 2 threads (wall time)")
+        print()
+        sets = [(f"{n} adaptive hills", build_set(centres_all[:n], heights_all[:n], metrics_all[:n], True,
+                                                  DEFAULT_PRUNE_TOLERANCE)) for n in (300, 1000)]
+        bench_sections.thread_scaling(sf, query, sets, threads_context)
     if "long" in sections and os.path.isdir(args.long_run):
         import bench_sections
         print("## Long runs: Si64 SW G-metaD, h = 1 meV, sigma = 1 A, stride 20 (benchmarks/long_run.py)")
         print()
         bench_sections.long_run_table(args.long_run, sf, args.coverage_radius)
+        bench_sections.long_run_windows(args.long_run)
     if "tables" not in sections:
         return
 

@@ -233,59 +233,111 @@ def symmetry_paths(sf, atoms, repeats: int = 20) -> None:
     print()
 
 
-def step_parts(sf, atoms, caps=(300, 1000), stride: int = 20, seed: int = 0, repeats: int = 10) -> None:
-    """CPU time of the parts of a biased step of ``atoms`` with the long-run settings
-    (h = 1 meV, adaptive sigma 1 A, compression 0.3) once max_hills is reached, for
-    each cap: symmetry functions with derivatives, hills (V, dV/dG), forces, and one
-    deposition (per MD step: divided by ``stride``) split into the hill metrics (the
-    Jacobian and eigh), the merges and the hills file. The hills are deposited on
-    copies of ``atoms`` displaced by 0.15 A (normal), the query by 0.1 A."""
-    import cProfile
-    import pstats
-    import tempfile
+def step_parts(trees: dict, caps=(300, 1000), threads=(1, 2), rounds: int = 2, repeats: int = 10) -> None:
+    """The parts of a biased Si64 step at the long-run settings with max_hills reached
+    (benchmarks/step_parts.py, one process per measurement), for every source tree
+    of ``trees`` (label -> path: e.g. this checkout and a worktree of an older
+    commit) and OpenMP thread count, called in turn ``rounds`` times so that the
+    machine's load hits all alike; best CPU and wall time over the rounds."""
+    import json
+    import subprocess
+    import sys
 
-    from biasserver.bias import GMetaDBias
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "step_parts.py")
+    results: dict = {}
+    for _ in range(rounds):
+        for n in threads:
+            for label, tree in trees.items():
+                env = dict(os.environ, OMP_NUM_THREADS=str(n))
+                out = subprocess.run([sys.executable, script, "--tree", tree, "--repeats", str(repeats),
+                                      "--caps", ",".join(str(c) for c in caps)],
+                                     env=env, check=True, capture_output=True, text=True).stdout
+                print(f"<!-- {label}, {n} thread(s): {out.splitlines()[-1]} -->", flush=True)
+                for cap, parts in json.loads(out.splitlines()[-1])["caps"].items():
+                    key = (label, n, int(cap))
+                    if key not in results:
+                        results[key] = parts
+                        continue
+                    for name, value in parts.items():
+                        if name == "profile":
+                            results[key][name] = {k: min(v, value[k]) for k, v in results[key][name].items()}
+                        elif isinstance(value, list):
+                            results[key][name] = [min(a, b) for a, b in zip(results[key][name], value)]
+    headers = ["code", "threads", "max_hills", "symmetry functions + derivatives", "hills V, dV/dG",
+               "forces, virial", "step without deposition", "deposition (step with - without)",
+               "of which metrics", "merges", "hills file", "separate nearest-hill pass",
+               "per MD step (step + deposition / 20)"]
+    print("CPU ms of the calling thread / wall ms, best over the rounds; the deposition's parts: "
+          "cProfile's cumulative wall ms per deposition (its default timer: waits and profiling overhead "
+          "included, so they can add up to more than the deposition's CPU time).")
+    print()
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for (label, n, cap), p in sorted(results.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0] != "before")):
+        dep = [p["deposit_step"][k] - p["step"][k] for k in (0, 1)]
+        per_step = [p["step"][k] + dep[k] / 20 for k in (0, 1)]
+        prof = p["profile"]
+        row = [label, str(n), str(cap)] + [f"{p[k][0]:.3g} / {p[k][1]:.3g}" for k in ("sf", "hills", "forces", "step")]
+        row += [f"{dep[0]:.3g} / {dep[1]:.3g}"] + [f"{prof[k]:.3g}" for k in ("metrics", "merges", "file", "nearest")]
+        row += [f"{per_step[0]:.3g} / {per_step[1]:.3g}"]
+        print("| " + " | ".join(row) + " |")
+    print()
 
-    rng = np.random.default_rng(seed)
+
+def thread_scaling(sf, atoms, sets, threads_context, repeats: int = 30) -> None:
+    """Wall time of the OpenMP parts of a biased step (symmetry functions with
+    derivatives; V and dV/dG of every atom for each hill set of ``sets``, label ->
+    HillSet) at 1 and 2 threads, called in turn ``repeats`` times: best and median
+    wall time, and the median of the per-repeat ratios 2 threads / 1 thread."""
+    values = sf.values(atoms)["Si"]
+    parts = [("symmetry functions + derivatives (sf.compute)", lambda: sf.compute(atoms))]
+    parts += [(f"hills V, dV/dG, {label}", lambda h=h: h.evaluate(values)) for label, h in sets]
     rows = []
-    for cap in caps:
-        with tempfile.TemporaryDirectory() as tmp:
-            bias = GMetaDBias(sf, height=1e-3, width=1.0, stride=stride, species={"Si": 1.0},
-                              compression=0.3, max_hills=cap, hills_file=os.path.join(tmp, "HILLS"))
-            while len(bias.hills["Si"]) < cap:
-                frame = atoms.copy()
-                frame.positions += rng.normal(0.0, 0.15, frame.positions.shape)
-                bias.deposit(frame)
-            query = atoms.copy()
-            query.positions += rng.normal(0.0, 0.1, query.positions.shape)
-            desc = bias._descriptors(query)
-            t_sf, _ = cpu_time(lambda: bias._descriptors(query), repeats)
-            t_hills, (_, dv, _) = cpu_time(lambda: bias.hills["Si"].evaluate(desc.values["Si"]), repeats)
-            t_forces, _ = cpu_time(lambda: desc.forces_virial({"Si": dv}), repeats)
-            profile = cProfile.Profile()
-            c = time.thread_time()
-            profile.enable()
-            for _ in range(repeats):
-                bias._deposit(desc)
-            profile.disable()
-            t_dep = (time.thread_time() - c) / repeats
-            stats = pstats.Stats(profile).stats
-
-            def cumulative(name):     # cProfile's cumulative time of a function, per deposition
-                return sum(v[3] for k, v in stats.items() if k[2] == name) / repeats
-
-            # split the profiled deposition time in the proportions of its parts
-            total = cumulative("_deposit")
-            parts = [cumulative(n) / total * t_dep for n in ("_metric", "merge_into", "append")]
-            bias.close()
-        rows.append([str(cap), f"{t_sf * 1e3:.3g}", f"{t_hills * 1e3:.3g}", f"{t_forces * 1e3:.3g}",
-                     f"{t_dep * 1e3:.3g}"] + [f"{p * 1e3:.3g}" for p in parts]
-                    + [f"{(t_sf + t_hills + t_forces + t_dep / stride) * 1e3:.3g}"])
-    headers = ["max_hills", "symmetry functions + derivatives (ms)", "hills V, dV/dG (ms)", "forces, virial (ms)",
-               "one deposition (ms)", "of which metrics (ms)", "merges (ms)", "hills file (ms)",
-               f"sum per MD step, deposition / {stride} (ms)"]
+    for name, fn in parts:
+        walls = {1: [], 2: []}
+        for _ in range(repeats):
+            for n in (1, 2):
+                with threads_context(n):
+                    t = time.perf_counter()
+                    fn()
+                    walls[n].append(time.perf_counter() - t)
+        ratio = statistics.median(b / a for a, b in zip(walls[1], walls[2]))
+        rows.append([name] + [f"{min(walls[n]) * 1e3:.3g} / {statistics.median(walls[n]) * 1e3:.3g}" for n in (1, 2)]
+                    + [f"{ratio:.2f}"])
+    headers = ["Si64", "1 thread wall ms (best / median)", "2 threads wall ms (best / median)",
+               "2 / 1 threads (median of the per-repeat ratios)"]
+    print(f"Load average {os.getloadavg()[0]:.1f} at the end of these measurements.")
+    print()
     print("| " + " | ".join(headers) + " |")
     print("|" + "|".join("---" for _ in headers) + "|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
     print()
+
+
+def long_run_windows(folder: str, every: int = 2) -> None:
+    """Per-window figures of each approximate run in ``folder`` (every ``every``-th window
+    of benchmarks/long_run.py's records): bias and engine CPU ms per step, their ratio,
+    hills, and the bias energy of the hills against the exact sum of every hill deposited."""
+    for path in sorted(glob.glob(os.path.join(folder, "*.npz"))):
+        name = os.path.basename(path)[:-4]
+        with np.load(path) as d:
+            if name in ("reference", "exact") or "exact_energy" not in d.files:
+                continue
+            idx = list(range(every - 1, len(d["step"]), every))
+            if idx and idx[-1] != len(d["step"]) - 1:
+                idx.append(len(d["step"]) - 1)
+            rows = {"steps": [str(int(d["step"][k])) for k in idx],
+                    "bias CPU (ms/step)": [f"{d['bias_cpu_ms'][k]:.3g}" for k in idx],
+                    "engine CPU (ms/step)": [f"{d['engine_cpu_ms'][k]:.3g}" for k in idx],
+                    "bias / engine": [f"{d['bias_cpu_ms'][k] / d['engine_cpu_ms'][k]:.2f}" for k in idx],
+                    "hills": [str(int(d["n_hills"][k])) for k in idx],
+                    "bias energy - exact sum": [f"{d['energy'][k] / d['exact_energy'][k] - 1:+.0%}" for k in idx]}
+            window = int(d["step"][0])
+        print(f"Run {name}, every {every} windows of {window} steps:")
+        print()
+        for label, values in rows.items():
+            print(f"| {label} | " + " | ".join(values) + " |")
+            if label == "steps":
+                print("|" + "---|" * (len(values) + 1))
+        print()

@@ -18,16 +18,20 @@ to the YAML file)::
       jacobian: folded             # or images: periodic images as separate columns of J,
                                    # as the original LAMMPS code (cells < 2 cutoffs)
       well_tempered: null          # bias temperature in K
-      compression: null            # Mahalanobis merge threshold; long runs: 0.3 (Si64 SW,
-                                   # 500 K, 10 000 steps: 1/8 of the hills, coverage -1 %,
-                                   # bias energy within 10 %; benchmarks/README.md)
+      compression: null            # Mahalanobis merge threshold (near-identical hills
+                                   # merge); long runs: 0.3 with max_hills 1000 (below)
       max_hills: null              # cap per element: beyond it every new hill merges into
-                                   # its nearest, so the cost per step stops growing; costs
-                                   # accuracy (1000 on Si64: same coverage, bias energy
-                                   # off by up to 150 %; with compression 0.3: cost flat
-                                   # from the cap on, energy +49 % at 5500 steps): a cost
-                                   # bound, not a default. No setting brings the bias of
-                                   # 64 atoms to 5 ms/step (benchmarks/README.md)
+                                   # its nearest (merged height: the two hills' value at
+                                   # the merged centre), so the cost per step stops growing.
+                                   # Long runs: 1000 with compression 0.3. Measured on Si64
+                                   # SW, 500 K, 7000 steps: cost flat from the cap on (step
+                                   # 2000), 0.12-0.20 of the SW engine's time per step against
+                                   # 0.34-1.2 for the exact sum, growing; coverage that of
+                                   # the exact run (-0.1 %); what it costs: the bias energy
+                                   # is above the exact sum by 8 % at the cap and 30-38 %
+                                   # from 5000 steps on (max_hills alone: up to 42 %).
+                                   # Bias of 64 atoms on one core: 7-10 ms/step under load,
+                                   # above 5 ms (benchmarks/README.md)
       walls: []                    # [{kind: height, ...}, {kind: distance, ...}]
       hills_file: HILLS
       restart: true                # continue from hills_file when it exists
