@@ -24,12 +24,12 @@ to the YAML file)::
                                    # its nearest (merged height: the two hills' value at
                                    # the merged centre), so the cost per step stops growing.
                                    # Long runs: 1000 with compression 0.3. Measured on Si64
-                                   # SW, 500 K, 7000 steps: cost flat from the cap on (step
-                                   # 2000), 0.12-0.20 of the SW engine's time per step against
+                                   # SW, 500 K, 8500 steps: cost flat from the cap on (step
+                                   # 2000), 0.10-0.20 of the SW engine's time per step against
                                    # 0.34-1.2 for the exact sum, growing; coverage that of
                                    # the exact run (-0.1 %); what it costs: the bias energy
-                                   # is above the exact sum by 8 % at the cap and 30-38 %
-                                   # from 5000 steps on (max_hills alone: up to 42 %).
+                                   # is above the exact sum by 8 % at the cap and 16-38 %
+                                   # after 4000 steps (max_hills alone: up to 42 %).
                                    # Bias of 64 atoms on one core: 7-10 ms/step under load,
                                    # above 5 ms (benchmarks/README.md)
       walls: []                    # [{kind: height, ...}, {kind: distance, ...}]
