@@ -276,3 +276,17 @@ def test_max_hills_rejects_bad_values():
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="max_hills must be a positive integer"):
             GMetaDBias(sf, height=0.01, width=0.4, stride=1, species={"Si": 1.0}, max_hills=bad)
+
+
+def test_batched_eigenvalue_bounds_are_each_matrix_own_bit_for_bit():
+    """A hill's pruning bound must not depend on which other hills share its batch
+    (a deposition's, or a whole hills file's when loading): restarts stay exact."""
+    from biasserver.hills import metric_lower_bound, metric_lower_bounds
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(40, DIM, DIM))
+    metrics = a @ a.transpose(0, 2, 1) + 1e-3 * np.eye(DIM)
+    together = metric_lower_bounds(metrics)
+    for k in (0, 7, 39):
+        assert together[k] == metric_lower_bound(metrics[k])
+        assert together[k] == metric_lower_bounds(metrics[k: k + 5])[0]
+    assert np.all(together >= 0) and np.all(together <= np.linalg.eigvalsh(metrics)[:, 0])
