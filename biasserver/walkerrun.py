@@ -190,7 +190,7 @@ class WalkerRun(Run):
         mpirun) so that :meth:`stop` can end them if mpirun is gone."""
         server = self.processes.get("server")
         if server is not None and server.poll() is None:
-            self._ranks.update(_children(server.pid))
+            self._ranks.update(child_pids(server.pid))
         super()._check_alive()
 
     def _blame(self, name: str, code: int) -> tuple[str, int]:
@@ -258,7 +258,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _children(pid: int) -> set[int]:
+def child_pids(pid: int) -> set[int]:
     """Process ids whose parent is ``pid`` (Linux /proc)."""
     found = set()
     try:

@@ -40,14 +40,14 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from biasserver import hillsfile
 from biasserver.checkpoint import CheckpointError, newest, restart_step
 from biasserver.recorder import FrameRecorder, set_aside as set_aside_frames
 from biasserver.server import CRASH_ENV, CRASH_EXIT_CODE
+from biasserver.walkerrun import child_pids
 
 from test_server import (DEADLINE, STEPS, STRIDE, Processes, assert_same_hills, assert_same_run, finish,
                          frames_of, hill_records, ipi_input, kill_group, read_extras, read_properties,
-                         run_proxy_chain, unique_socket_name, wait_for, write_config)
+                         run_proxy_chain, unique_socket_name, write_config)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "pt111-h"
@@ -285,21 +285,6 @@ def _recorded_steps(path: Path) -> int:
         return 0
 
 
-def _children(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def _kill_job_at(example: Path, output: Path, kill_at: int) -> int:
     """Start ``gmetad run``, SIGKILL it and the process groups of i-PI, the server and
     the driver once ``kill_at`` frames are recorded; returns the frames recorded then."""
@@ -312,7 +297,7 @@ def _kill_job_at(example: Path, output: Path, kill_at: int) -> int:
             assert runner.poll() is None, runner.communicate()[1][-3000:]
             assert time.monotonic() < deadline, f"the run did not record {kill_at} frames in {DEADLINE} s"
             time.sleep(0.005)
-        children = _children(runner.pid)
+        children = child_pids(runner.pid)
         os.killpg(runner.pid, signal.SIGKILL)     # the runner first: it must not stop the others cleanly
         for pid in children:
             os.killpg(pid, signal.SIGKILL)     # each was started in a session of its own

@@ -341,7 +341,7 @@ def test_a_killed_rank_ends_the_run_and_resume_continues_every_walker(example_ru
     """SIGKILL of rank 1 mid-run: mpirun ends the job naming the rank, gmetad run
     stops everything; --resume continues both walkers from the newest common
     checkpoint, and the result is the uninterrupted run's."""
-    from biasserver.walkerrun import _children
+    from biasserver.walkerrun import child_pids
     example = walkers_example(tmp_path)
     output = tmp_path / "output"
     out = output / "gmetad"
@@ -349,8 +349,8 @@ def test_a_killed_rank_ends_the_run_and_resume_continues_every_walker(example_ru
     try:
         wait_for(lambda: all(frames_count(out / f"walker-{r}" / "frames.extxyz") >= 23 for r in range(2)),
                  4 * DEADLINE, "both walkers past step 22")
-        mpirun = next(p for p in _children(run.pid) if b"mpirun" in Path(f"/proc/{p}/cmdline").read_bytes())
-        ranks = sorted(_children(mpirun))
+        mpirun = next(p for p in child_pids(run.pid) if b"mpirun" in Path(f"/proc/{p}/cmdline").read_bytes())
+        ranks = sorted(child_pids(mpirun))
         rank1 = next(p for p in ranks if f"walker 1 of 2, pid {p})" in (out / "server.log").read_text())
         os.kill(rank1, signal.SIGKILL)
         assert run.wait(timeout=DEADLINE) == 1
