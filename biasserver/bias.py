@@ -293,7 +293,7 @@ class GMetaDBias:
             heights = np.full(len(values), self.height)
             merging = self.compression is not None or self.max_hills is not None
             near_index = near_q = None
-            if len(hills) and (merging or self.well_tempered is not None):
+            if len(hills) and self._needs_nearest():
                 felt, near_index, near_q = nearest[e] if nearest and e in nearest else hills.nearest(values)
                 if self.well_tempered is not None:
                     heights = self.height * np.exp(-coefficient * felt / (KB * self.well_tempered))
@@ -335,23 +335,16 @@ class GMetaDBias:
                 raise HillsFileError(f"{where}: hill record {lineno} has id {r.id} but only "
                                      f"{len(hills)} {r.element} hills precede it")
 
-    def _metric(self, desc: Descriptors, element: str, centre: int):
-        """Inverse covariance of a hill deposited at one centre (see class docstring), or
-        None when the centre has no neighbour (its G cannot move: no adaptive hill)."""
-        return self._metrics(desc, element, [centre])[0][0]
-
-    def _metrics(self, desc: Descriptors, element: str, centres: Sequence[int] | None = None):
-        """Inverse covariances A of hills deposited at the given centres of ``element``
-        (default: all) and, for adaptive hills, the covariances S = A^-1; None for a
+    def _metrics(self, desc: Descriptors, element: str):
+        """Inverse covariances A of hills deposited at every centre of ``element``
+        and, for adaptive hills, the covariances S = A^-1; None for a
         centre without neighbours. One batched eigendecomposition serves both:
         S = V (lambda + floor) V^T and A = V (lambda + floor)^-1 V^T, where sigma^2 J J^T
         = V lambda V^T (negative round-off eigenvalues clipped to 0)."""
-        n = len(desc.indices[element]) if centres is None else len(centres)
+        n = len(desc.indices[element])
         if self.covariance == "isotropic":
             return [1.0 / self.width**2] * n, None
         jjt = desc.jacobian_products(element, images=self.jacobian == "images")
-        if centres is not None:
-            jjt = jjt[np.asarray(centres, dtype=np.int64)]
         cov = self.width**2 * jjt
         eigval, eigvec = np.linalg.eigh(0.5 * (cov + cov.transpose(0, 2, 1)))
         floor = self.regularization * np.maximum(eigval[:, -1], 0.0)
