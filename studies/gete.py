@@ -194,7 +194,7 @@ def training_comparison(pipeline, c: Mapping[str, Any]) -> dict[str, Any]:
     from .pipeline import select_equal_budget, train_committee, write_json
 
     root = pipeline.workdir
-    absolute = lambda path: path if os.path.isabs(path) else os.path.join(root, path)
+    absolute = pipeline.absolute
 
     def chgnet():
         from drivers.calculators import make_calculator
@@ -204,13 +204,13 @@ def training_comparison(pipeline, c: Mapping[str, Any]) -> dict[str, Any]:
         frames, record = gete_nnp.melt_quench(chgnet(), **c["amorphous"])
         write_json(os.path.join(folder, "amorphous-log.json"), record.pop("log"))
         path = gete_nnp.write_frames(frames, os.path.join(folder, "amorphous.extxyz"))
-        return {"frames": os.path.relpath(path, root), "n_frames": len(frames), "record": record}
+        return {"frames": pipeline.relative(path), "n_frames": len(frames), "record": record}
 
     def rhombohedral(folder: str, resume: bool) -> dict:
         frames, record = gete_nnp.rhombohedral_md(chgnet(), **c["rhombohedral"])
         write_json(os.path.join(folder, "rhombohedral-log.json"), record.pop("log"))
         path = gete_nnp.write_frames(frames, os.path.join(folder, "rhombohedral.extxyz"))
-        return {"frames": os.path.relpath(path, root), "n_frames": len(frames), "record": record}
+        return {"frames": pipeline.relative(path), "n_frames": len(frames), "record": record}
 
     tests = {"amorphous": pipeline.stage("test-amorphous", c["amorphous"], amorphous),
              "rhombohedral": pipeline.stage("test-rhombohedral", c["rhombohedral"], rhombohedral)}
@@ -232,7 +232,7 @@ def training_comparison(pipeline, c: Mapping[str, Any]) -> dict[str, Any]:
             with open(os.path.join(folder, "train.log"), "a") as log:
                 out = train_committee(absolute(selection[name]["train"]), os.path.join(folder, f"nnp-{name}.pt"),
                                       c["training"], stream=log)
-            return {**out, "model": os.path.relpath(out["model"], root)}
+            return {**out, "model": pipeline.relative(out["model"])}
 
         models[name] = pipeline.stage(f"train-{name}", {"training": c["training"]}, train,
                                       depends=[f"select-{name}"])
@@ -256,7 +256,7 @@ def training_comparison(pipeline, c: Mapping[str, Any]) -> dict[str, Any]:
                 "stage_seconds": pipeline.timings()}
         path = os.path.join(folder, "gete-nnp.json")
         write_json(path, data)
-        return {"json": os.path.relpath(path, root), "summary": gete_nnp.summary_lines(data)}
+        return {"json": pipeline.relative(path), "summary": gete_nnp.summary_lines(data)}
 
     return pipeline.stage("comparison", {"version": 2}, report, depends=["errors"])
 
