@@ -20,6 +20,14 @@ thread of the hills file is not in it) and wall time, best of --repeats:
   hills for the merge targets, when the step's own evaluation does not give them).
 
 OMP_NUM_THREADS (the C kernels) comes from the environment; BLAS runs one thread.
+The process exits with status 1, after the JSON line, if a measurement is not
+plausible (see :func:`problems`).
+
+    python benchmarks/step_parts.py --quick    # CI: bench_bias.py's parts table at toy size
+
+--quick prints the table of ``bench_bias.py --sections parts`` for this checkout
+(bench_sections.step_parts, which runs this script once per thread count) with
+max_hills 100 and 200, 1 and 2 threads, one round of 2 repeats (13 s at load average 3).
 """
 from __future__ import annotations
 
@@ -37,6 +45,13 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+QUICK = {"caps": (100, 200), "threads": (1, 2), "rounds": 1, "repeats": 2}
+#: the parts timed as [CPU ms, wall ms]
+TIMED = ("sf", "hills", "forces", "step", "deposit_step")
+
 
 def best(fn, repeats: int) -> tuple[float, float]:
     """(best CPU time, best wall time) in ms over ``repeats`` calls of ``fn``."""
@@ -49,7 +64,8 @@ def best(fn, repeats: int) -> tuple[float, float]:
 
 
 def measure(cap: int, repeats: int, stride: int = 20, seed: int = 0) -> dict:
-    import numpy as np
+    """The parts of a step at max_hills ``cap`` (see the module docstring): each timed
+    part as [CPU ms, wall ms], the deposition's profile in wall ms, the hills at the end."""
     from ase.build import bulk
 
     from biasserver.bias import GMetaDBias
@@ -99,21 +115,67 @@ def measure(cap: int, repeats: int, stride: int = 20, seed: int = 0) -> dict:
     return out
 
 
-def main(argv=None):
+def problems(result: dict) -> list[str]:
+    """What is wrong with one run's ``result`` (the JSON printed by :func:`main`): a
+    timed part (CPU or wall ms) not positive and finite, a deposition that costs no
+    CPU time (a step that deposits not dearer than one that does not), a profile
+    entry negative or not finite, or a hill count other than the cap. Empty if
+    nothing is."""
+    found = []
+    for cap, parts in result["caps"].items():
+        for name in TIMED:
+            if not all(np.isfinite(x) and x > 0 for x in parts[name]):
+                found.append(f"max_hills {cap}: {name} = {parts[name]} ms, not positive and finite")
+        if not parts["deposit_step"][0] > parts["step"][0]:
+            found.append(f"max_hills {cap}: a step that deposits took {parts['deposit_step'][0]:.3g} ms CPU, "
+                         f"one that does not {parts['step'][0]:.3g} ms")
+        for name, value in parts["profile"].items():
+            if not (np.isfinite(value) and value >= 0):
+                found.append(f"max_hills {cap}: profile {name} = {value} ms")
+        if parts["hills_at_end"] != int(cap):
+            found.append(f"max_hills {cap}: {parts['hills_at_end']} hills at the end")
+    return found
+
+
+def quick(tree: str) -> int:
+    """bench_bias.py's parts table for ``tree`` at toy size (:data:`QUICK`); 0 if every
+    measurement passed :func:`problems`, else 1 (their messages on stderr)."""
+    import subprocess
+
+    sys.path.insert(0, HERE)
+    import bench_sections
+    try:
+        bench_sections.step_parts({"now": tree}, caps=QUICK["caps"], threads=QUICK["threads"],
+                                  rounds=QUICK["rounds"], repeats=QUICK["repeats"])
+    except subprocess.CalledProcessError as err:
+        sys.stderr.write(err.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         help="root of the gmetad source tree to measure")
     parser.add_argument("--caps", default="300,1000")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--quick", action="store_true",
+                        help="the parts table of bench_bias.py at toy size, checked (for CI)")
     args = parser.parse_args(argv)
+    if args.quick:
+        return quick(args.tree)
     sys.path.insert(0, os.path.abspath(args.tree))
     import biasserver
     assert os.path.dirname(os.path.abspath(biasserver.__file__)) == os.path.join(os.path.abspath(args.tree),
                                                                                   "biasserver"), biasserver.__file__
     result = {"tree": os.path.abspath(args.tree), "threads": int(os.environ["OMP_NUM_THREADS"]),
               "caps": {cap: measure(int(cap), args.repeats) for cap in args.caps.split(",")}}
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
+    found = problems(result)
+    for message in found:
+        print(f"step_parts.py: {message}", file=sys.stderr)
+    return 1 if found else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
