@@ -21,7 +21,16 @@ height-weighted moment match):
     python benchmarks/merge_rules.py DIR 0.3:1000:value 0.3:1000:sum none:300:mass ...
 
 Each setting is COMPRESSION:MAX_HILLS:RULE (none for off). DIR holds exact.hills and
-exact.npz. Prints one Markdown row per setting.
+exact.npz. Prints one Markdown row per setting, and exits with status 1 if a
+replay is not plausible (see :func:`problems`).
+
+    python benchmarks/merge_rules.py --quick [DIR SETTING ...]    # CI
+
+--quick: without DIR, a 200-step exact run of long_run.py (10 depositions of 64
+hills) in a temporary folder; without settings, every rule at max_hills 200 (in
+so short a run compression 0.3 alone merges nearly all hills into a few), once
+with compression 0.3, and the control none:none:value (no approximation: its
+error must be zero); an energy check after every deposition.
 """
 from __future__ import annotations
 
@@ -32,11 +41,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
@@ -82,6 +93,9 @@ def merge_mass(hills: HillSet, index, centre, height, metric, step, covariance=N
 
 
 RULES = {"value": None, "sum": merge_sum, "mass": merge_mass}
+#: --quick: the exact run's length (MD steps) and the settings replayed
+QUICK_STEPS = 200
+QUICK_SETTINGS = ["none:200:value", "none:200:sum", "none:200:mass", "0.3:200:value", "none:none:value"]
 
 
 def replay(content, frames, cell, sf, compression, max_hills, rule, check_every):
@@ -114,14 +128,40 @@ def replay(content, frames, cell, sf, compression, max_hills, rule, check_every)
     return np.array(checks), len(hills), cpu / max(1, len(steps)) * 1e3
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", help="directory with exact.hills and exact.npz (benchmarks/long_run.py)")
-    parser.add_argument("settings", nargs="+", help="COMPRESSION:MAX_HILLS:RULE, e.g. 0.3:1000:value")
-    parser.add_argument("--check-every", type=int, default=10, help="depositions between energy checks")
-    args = parser.parse_args(argv)
-    content = hillsfile.read(os.path.join(args.folder, "exact.hills"))
-    with np.load(os.path.join(args.folder, "exact.npz")) as data:
+def problems(setting: str, checks: np.ndarray, n_hills: int, cap: int | None, exact_setting: bool) -> list[str]:
+    """What is wrong with the replay of ``setting``: no energy checks, an exact energy
+    not positive or an error not finite, more hills than the cap, or, for the setting
+    without approximation (``exact_setting``), any difference from the exact sum
+    beyond round-off. Empty if nothing is."""
+    if len(checks) == 0:
+        return [f"{setting}: no energy check (fewer depositions than --check-every)"]
+    found = []
+    approx, exact = checks[:, 1], checks[:, 2]
+    if not np.all(np.isfinite(exact) & (exact > 0)):
+        found.append(f"{setting}: exact energies not all positive and finite: {exact}")
+    elif not np.all(np.isfinite(approx)):
+        found.append(f"{setting}: errors not all finite: {approx / exact - 1}")
+    elif exact_setting and np.abs(approx - exact).max() > 1e-12 * np.abs(exact).max():
+        found.append(f"{setting}: no approximation, yet {np.abs(approx - exact).max():.3g} eV from the exact sum")
+    if cap is not None and n_hills > cap:
+        found.append(f"{setting}: {n_hills} hills at the end, above max_hills {cap}")
+    return found
+
+
+def exact_run(folder: str, steps: int = QUICK_STEPS) -> None:
+    """A short exact run of benchmarks/long_run.py (its run settings, 500 K) into
+    ``folder``: exact.hills and exact.npz, a frame every stride."""
+    sys.path.insert(0, HERE)
+    import long_run
+    long_run.main(["run", "exact", "--steps", str(steps), "--window", str(steps), "--temperature", "500",
+                   "--out", folder])
+
+
+def compare(folder: str, settings: list[str], check_every: int) -> int:
+    """Replay the exact run in ``folder`` for every setting and print the table;
+    0 if every replay passed :func:`problems`, else 1 (their messages on stderr)."""
+    content = hillsfile.read(os.path.join(folder, "exact.hills"))
+    with np.load(os.path.join(folder, "exact.npz")) as data:
         frames, cell = data["frames"], data["cell"]
     sf = SymmetryFunctions.default(["Si"])
     print(f"Exact run: {len({r.step for r in content.records})} depositions, {len(content.records)} hills, "
@@ -131,18 +171,51 @@ def main(argv=None):
                "largest |error|", "error at end", "error every tenth of the run"]
     print("| " + " | ".join(headers) + " |")
     print("|" + "|".join("---" for _ in headers) + "|")
-    for setting in args.settings:
+    found = []
+    for setting in settings:
         compression, cap, rule = setting.split(":")
-        if rule not in RULES:
-            parser.error(f"{setting}: merge rule must be one of {', '.join(RULES)}")
+        max_hills = None if cap == "none" else int(cap)
         checks, n_hills, ms = replay(content, frames, cell, sf, None if compression == "none" else float(compression),
-                                     None if cap == "none" else int(cap), rule, args.check_every)
+                                     max_hills, rule, check_every)
+        found += problems(setting, checks, n_hills, max_hills, compression == "none" and max_hills is None)
+        if len(checks) == 0:
+            continue
         rel = (checks[:, 1] - checks[:, 2]) / checks[:, 2]
         tenth = rel[max(0, len(rel) // 10 - 1):: max(1, len(rel) // 10)]
         print(f"| {compression} | {cap} | {rule} | {n_hills} | {ms:.3g} | {np.abs(rel).max():.1%} | {rel[-1]:+.1%} | "
               + " ".join(f"{x:+.0%}" for x in tenth) + " |", flush=True)
     print()
+    for message in found:
+        print(f"merge_rules.py: {message}", file=sys.stderr)
+    return 1 if found else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", nargs="?",
+                        help="directory with exact.hills and exact.npz (benchmarks/long_run.py); "
+                             "optional with --quick")
+    parser.add_argument("settings", nargs="*", help="COMPRESSION:MAX_HILLS:RULE, e.g. 0.3:1000:value")
+    parser.add_argument("--check-every", type=int, default=None,
+                        help="depositions between energy checks (default 10; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="without a folder, a short exact run made here; without settings, the quick ones")
+    args = parser.parse_args(argv)
+    check_every = args.check_every or (1 if args.quick else 10)
+    settings = args.settings or (QUICK_SETTINGS if args.quick else [])
+    if args.folder is None and not args.quick or not settings:
+        parser.error("give the folder of an exact run and at least one setting (or --quick)")
+    for setting in settings:
+        parts = setting.split(":")
+        if len(parts) != 3 or parts[2] not in RULES:
+            parser.error(f"{setting}: not COMPRESSION:MAX_HILLS:RULE with a rule of {', '.join(RULES)}")
+    if args.folder is not None:
+        return compare(args.folder, settings, check_every)
+    with tempfile.TemporaryDirectory(prefix="merge-rules-") as folder:
+        exact_run(folder)
+        print()
+        return compare(folder, settings, check_every)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
