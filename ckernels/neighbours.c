@@ -1,9 +1,49 @@
 /* Cell-list neighbour search for periodic (any subset of directions),
- * triclinic and small cells. See gmetad.h for the contract. */
+ * triclinic and small cells. See gmetad.h for the contract.
+ *
+ * Bins. Atoms are binned in fractional coordinates of `cell` (wrapped into
+ * [0, 1) along periodic directions; over the atoms' own range [lo, hi] along the
+ * others). Along direction d a bin is at least cutoff / BINS_PER_CUTOFF wide,
+ * measured across the lattice planes d (so the rule holds for triclinic cells):
+ *   nbin[d] = max(1, floor(BINS_PER_CUTOFF * extent[d] / span[d])),
+ * span[d] being the fractional extent of one cutoff across those planes (extent
+ * 1 if periodic, hi - lo if not). A cell thinner than cutoff / BINS_PER_CUTOFF has
+ * one bin along that direction, and the search reaches several of its periodic
+ * images. The total number of bins is capped at MAX_BINS_PER_ATOM per atom (plus
+ * a constant) by halving the largest count, so sparse or very long open systems
+ * keep O(N) memory; a centre visits O(BINS_PER_CUTOFF^3) bins whatever the size.
+ *
+ * Stencil. A centre in bin b looks at bins b + o for the offsets o whose bin can
+ * hold a point closer than the cutoff to a point of bin b: the exact minimum
+ * distance between the two (triclinic) boxes is computed once per offset
+ * (box_min_norm2), with the boxes grown by a relative 1e-6 of a bin so that
+ * round-off in the binning can only add candidates, never lose a pair. Offsets
+ * running past the cell along a periodic direction wrap around and carry the
+ * lattice shift; one bin can be visited several times, once per image.
+ * For Si64 (cubic 10.86 A, cutoff 6 A, 45 neighbours per atom) a centre tests
+ * 276 candidates instead of the 1728 of cutoff-wide bins (benchmarks/README.md,
+ * "Neighbour list").
+ *
+ * Order of the output (deterministic for given positions, cell, pbc and cutoff;
+ * the symmetry-function sums follow it, so restarts are bit-identical):
+ * centres in increasing index; for one centre, stencil offsets (o0, o1, o2) in
+ * lexicographic order, and within one bin the atoms in increasing index. The
+ * order within a centre is therefore not sorted by neighbour index, and it changes
+ * when an atom crosses a bin boundary (results then differ at round-off only).
+ */
 #include <math.h>
 #include <stdlib.h>
 
 #include "gmetad.h"
+
+/* Bins per cutoff along each direction. 1 is the classic cell list; 2 was the
+ * fastest on Si64 to Si512 and a Pt slab (3 and 4 test fewer candidates but visit
+ * more bins; benchmarks/README.md, "Neighbour list"). */
+#define BINS_PER_CUTOFF 2
+/* Upper bound on the bins per atom (total bins <= this * n_atoms + 64). */
+#define MAX_BINS_PER_ATOM 8
+/* Relative growth of the bin boxes when building the stencil. */
+#define BOX_SLACK 1e-6
 
 /* Inverse of a 3x3 matrix m (rows); returns the determinant. */
 static double invert3(const double *m, double *inv) {
@@ -24,6 +64,112 @@ static double invert3(const double *m, double *inv) {
     return det;
 }
 
+/* min over lo <= x <= hi (componentwise) of x^T G x, G (3x3, symmetric positive
+ * definite: the metric of the cell). Convex, so the minimum is a stationary point
+ * of x^T G x on one face (of any dimension) of the box: every choice of
+ * {free, at lo, at hi} per coordinate is tried, the free ones solved for, and the
+ * smallest value at a feasible point kept. Points infeasible by round-off
+ * (1e-12 of the box size) are accepted, which can only lower the result. */
+static double box_min_norm2(const double *G, const double *lo, const double *hi) {
+    double best = INFINITY;
+    for (int pattern = 0; pattern < 27; pattern++) {
+        int state[3] = {pattern % 3, (pattern / 3) % 3, pattern / 9}; /* 0 free, 1 lo, 2 hi */
+        double x[3] = {0.0, 0.0, 0.0};
+        int freed[3], nf = 0;
+        for (int d = 0; d < 3; d++) {
+            if (state[d] == 0) freed[nf++] = d;
+            else x[d] = state[d] == 1 ? lo[d] : hi[d];
+        }
+        if (nf > 0 && nf < 3) { /* (nf == 3: the origin) */
+            /* G_FF x_F = -G_FB x_B */
+            double rhs[2] = {0.0, 0.0};
+            for (int a = 0; a < nf; a++)
+                for (int d = 0; d < 3; d++)
+                    if (state[d] != 0) rhs[a] -= G[3 * freed[a] + d] * x[d];
+            if (nf == 1) {
+                x[freed[0]] = rhs[0] / G[4 * freed[0]];
+            } else {
+                int p = freed[0], q = freed[1];
+                double a = G[3 * p + p], b = G[3 * p + q], c = G[3 * q + q];
+                double det = a * c - b * b;
+                if (!(det > 0.0)) continue;
+                x[p] = (c * rhs[0] - b * rhs[1]) / det;
+                x[q] = (a * rhs[1] - b * rhs[0]) / det;
+            }
+        }
+        int feasible = 1;
+        for (int a = 0; a < nf; a++) {
+            int d = freed[a];
+            double tol = 1e-12 * (fabs(lo[d]) + fabs(hi[d]));
+            if (x[d] < lo[d] - tol || x[d] > hi[d] + tol) feasible = 0;
+        }
+        if (!feasible) continue;
+        double v = 0.0;
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 3; b++) v += x[a] * G[3 * a + b] * x[b];
+        if (v < best) best = v;
+    }
+    return best;
+}
+
+/* One row of the stencil: offsets (o0, o1, o2) for o2 = o2_lo .. o2_hi. */
+typedef struct { int o0, o1, o2_lo, o2_hi; } stencil_row;
+
+/* Whether a bin at offset (o0, o1, o2) with o2 in [o2_from, o2_to] can hold a
+ * point closer than sqrt(cut2) to a point of bin (0, 0, 0): the difference of two
+ * such points lies in the box (o - 1) w .. (o + 1) w (fractional), grown by
+ * BOX_SLACK of a bin. */
+static int offsets_reach(const double *G, const double *width, int o0, int o1,
+                         int o2_from, int o2_to, double cut2) {
+    const int from[3] = {o0, o1, o2_from}, to[3] = {o0, o1, o2_to};
+    double lo[3], hi[3], mid[3];
+    for (int d = 0; d < 3; d++) {
+        double slack = BOX_SLACK * width[d];
+        lo[d] = (from[d] - 1) * width[d] - slack;
+        hi[d] = (to[d] + 1) * width[d] + slack;
+        mid[d] = 0.5 * (from[d] + to[d]) * width[d];
+    }
+    double centre = 0.0; /* a point of the box: an upper bound, often enough */
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++) centre += mid[a] * G[3 * a + b] * mid[b];
+    if (centre < cut2) return 1;
+    return box_min_norm2(G, lo, hi) < cut2;
+}
+
+/* The stencil rows, (o0, o1) in lexicographic order, each with the interval of
+ * o2 that reaches (the set of such o2 is an interval: the minimum distance is
+ * convex in the translation of a box). Offset -o reaches when o does, so the
+ * second half of the rows mirrors the first. Returns the number of rows. */
+static long build_stencil(const double *G, const double *width, const int *reach, double cut2,
+                          stencil_row *rows) {
+    const int w1 = 2 * reach[1] + 1;
+    const long n_all = (long)(2 * reach[0] + 1) * w1;
+    /* first pass: the interval of every row, in rows[k] for the k-th (o0, o1) */
+    for (long k = 0; k < n_all; k++) {
+        int o0 = (int)(k / w1) - reach[0], o1 = (int)(k % w1) - reach[1];
+        stencil_row *row = rows + k;
+        row->o0 = o0;
+        row->o1 = o1;
+        row->o2_lo = 1;
+        row->o2_hi = 0; /* empty */
+        if (k > n_all / 2) { /* mirror of row n_all - 1 - k */
+            const stencil_row *m = rows + (n_all - 1 - k);
+            if (m->o2_lo <= m->o2_hi) { row->o2_lo = -m->o2_hi; row->o2_hi = -m->o2_lo; }
+            continue;
+        }
+        if (!offsets_reach(G, width, o0, o1, -reach[2], reach[2], cut2)) continue;
+        int lo = -reach[2], hi = reach[2];
+        while (lo <= hi && !offsets_reach(G, width, o0, o1, lo, lo, cut2)) lo++;
+        while (hi > lo && !offsets_reach(G, width, o0, o1, hi, hi, cut2)) hi--;
+        row->o2_lo = lo;
+        row->o2_hi = hi;
+    }
+    long n_rows = 0; /* compact: drop the empty rows, keep the order */
+    for (long k = 0; k < n_all; k++)
+        if (rows[k].o2_lo <= rows[k].o2_hi) rows[n_rows++] = rows[k];
+    return n_rows;
+}
+
 long gm_neighbours(int n_atoms, const double *positions, const double *cell,
                    const int *pbc, double cutoff, long capacity,
                    int *pair_first, int *pair_second, double *vectors) {
@@ -35,120 +181,184 @@ long gm_neighbours(int n_atoms, const double *positions, const double *cell,
     double inv[9];
     if (invert3(cell, inv) == 0.0) return GM_ESINGULAR;
 
-    /* Fractional coordinates s = r . inv (r = s . cell); wrapped where periodic. */
+    long result = GM_ENOMEM;
     double *frac = malloc(sizeof(double) * 3 * (size_t)n_atoms);
+    double *wrapped = malloc(sizeof(double) * 3 * (size_t)n_atoms); /* Cartesian, in the cell */
+    double *sorted_pos = malloc(sizeof(double) * 3 * (size_t)n_atoms);
     int *bin_of = malloc(sizeof(int) * (size_t)n_atoms);
-    if (!frac || !bin_of) { free(frac); free(bin_of); return GM_ENOMEM; }
+    int *sorted = malloc(sizeof(int) * (size_t)n_atoms);
+    int *slot = malloc(sizeof(int) * (size_t)n_atoms); /* position of atom i in `sorted` */
+    long *bin_start = NULL, *fill = NULL;
+    int *wrap_bin[3] = {NULL, NULL, NULL}, *wrap_image[3] = {NULL, NULL, NULL};
+    stencil_row *rows = NULL;
+    if (!frac || !wrapped || !sorted_pos || !bin_of || !sorted || !slot) goto done;
 
-    double lo[3], width[3], span[3];
+    /* Fractional coordinates s = r . inv (r = s . cell); wrapped where periodic,
+     * with the Cartesian position moved by the same lattice vector. */
+    for (int i = 0; i < n_atoms; i++) {
+        const double *r = positions + 3 * i;
+        double m[3] = {0.0, 0.0, 0.0};
+        for (int d = 0; d < 3; d++) {
+            double s = r[0] * inv[d] + r[1] * inv[3 + d] + r[2] * inv[6 + d];
+            if (pbc[d]) {
+                m[d] = floor(s);
+                s -= m[d];
+                if (s >= 1.0) { s -= 1.0; m[d] += 1.0; } /* 1 - eps rounded up to 1 */
+                if (s < 0.0) s = 0.0;
+            }
+            frac[3 * i + d] = s;
+        }
+        for (int k = 0; k < 3; k++)
+            wrapped[3 * i + k] = r[k] - (m[0] * cell[k] + m[1] * cell[3 + k] + m[2] * cell[6 + k]);
+    }
+
+    double lo[3], hi[3], width[3], span[3];
     int nbin[3], reach[3];
     for (int d = 0; d < 3; d++) {
         /* |column d of inv| is 1 / (distance between lattice planes d). */
         double b = sqrt(inv[d] * inv[d] + inv[3 + d] * inv[3 + d] + inv[6 + d] * inv[6 + d]);
-        span[d] = cutoff * b; /* fractional extent of one cutoff along d */
+        span[d] = cutoff * b;
         lo[d] = 0.0;
-        double hi = 1.0;
-        for (int i = 0; i < n_atoms; i++) {
-            const double *r = positions + 3 * i;
-            double s = r[0] * inv[d] + r[1] * inv[3 + d] + r[2] * inv[6 + d];
-            if (pbc[d]) s -= floor(s);
-            if (pbc[d] && s >= 1.0) s = 0.0; /* floor rounding at 1 - eps */
-            frac[3 * i + d] = s;
-        }
+        hi[d] = 1.0;
         if (!pbc[d]) {
-            lo[d] = hi = frac[d];
+            lo[d] = hi[d] = frac[d];
             for (int i = 1; i < n_atoms; i++) {
                 double s = frac[3 * i + d];
                 if (s < lo[d]) lo[d] = s;
-                if (s > hi) hi = s;
+                if (s > hi[d]) hi[d] = s;
             }
         }
-        double extent = hi - lo[d];
-        nbin[d] = (int)floor(extent / span[d]);
-        if (nbin[d] < 1) nbin[d] = 1;
-        /* bound the bin count so sparse, huge open boxes stay cheap */
-        if (nbin[d] > 2 * n_atoms + 8) nbin[d] = 2 * n_atoms + 8;
+        double bins = floor(BINS_PER_CUTOFF * (hi[d] - lo[d]) / span[d]);
+        nbin[d] = bins < 1.0 ? 1 : bins > 2.0 * n_atoms + 64 ? 2 * n_atoms + 64 : (int)bins;
+    }
+    /* cap the total: halve the largest count (the first of equals) */
+    while ((double)nbin[0] * nbin[1] * nbin[2] > (double)MAX_BINS_PER_ATOM * n_atoms + 64) {
+        int d = 0;
+        if (nbin[1] > nbin[d]) d = 1;
+        if (nbin[2] > nbin[d]) d = 2;
+        nbin[d] = (nbin[d] + 1) / 2;
+    }
+    for (int d = 0; d < 3; d++) {
+        double extent = hi[d] - lo[d];
         width[d] = (extent > 0.0 ? extent : 1.0) / nbin[d];
-        reach[d] = (int)ceil(span[d] / width[d]);
-        if (!pbc[d] && reach[d] > nbin[d]) reach[d] = nbin[d];
+        /* farthest useful offset (the stencil prunes what this over-counts) */
+        double r = floor(span[d] / width[d] * (1.0 + BOX_SLACK)) + 1.0;
+        if (!pbc[d] && r > nbin[d] - 1) r = nbin[d] - 1;
+        if (r > 1e6) goto done; /* absurd cutoff / cell ratio: refuse rather than loop */
+        reach[d] = (int)r;
     }
 
+    /* Bin the atoms: bin_start (CSR over bins), sorted atom indices and positions. */
     long total_bins = (long)nbin[0] * nbin[1] * nbin[2];
-    long *bin_start = calloc((size_t)total_bins + 1, sizeof(long));
-    int *sorted = malloc(sizeof(int) * (size_t)n_atoms);
-    if (!bin_start || !sorted) {
-        free(frac); free(bin_of); free(bin_start); free(sorted);
-        return GM_ENOMEM;
-    }
+    bin_start = calloc((size_t)total_bins + 1, sizeof(long));
+    fill = malloc(sizeof(long) * (size_t)total_bins);
+    if (!bin_start || !fill) goto done;
     for (int i = 0; i < n_atoms; i++) {
         int idx[3];
         for (int d = 0; d < 3; d++) {
-            int k = (int)floor((frac[3 * i + d] - lo[d]) / width[d]);
-            if (k < 0) k = 0;
-            if (k >= nbin[d]) k = nbin[d] - 1;
-            idx[d] = k;
+            double k = floor((frac[3 * i + d] - lo[d]) / width[d]);
+            idx[d] = k < 0.0 ? 0 : k >= nbin[d] ? nbin[d] - 1 : (int)k;
         }
         bin_of[i] = (idx[0] * nbin[1] + idx[1]) * nbin[2] + idx[2];
         bin_start[bin_of[i] + 1]++;
     }
     for (long b = 0; b < total_bins; b++) bin_start[b + 1] += bin_start[b];
-    {
-        long *fill = malloc(sizeof(long) * (size_t)total_bins);
-        if (!fill) {
-            free(frac); free(bin_of); free(bin_start); free(sorted);
-            return GM_ENOMEM;
-        }
-        for (long b = 0; b < total_bins; b++) fill[b] = bin_start[b];
-        for (int i = 0; i < n_atoms; i++) sorted[fill[bin_of[i]]++] = i;
-        free(fill);
+    for (long b = 0; b < total_bins; b++) fill[b] = bin_start[b];
+    for (int i = 0; i < n_atoms; i++) { /* increasing index within each bin */
+        long q = fill[bin_of[i]]++;
+        sorted[q] = i;
+        slot[i] = (int)q;
+        for (int k = 0; k < 3; k++) sorted_pos[3 * q + k] = wrapped[3 * i + k];
     }
 
+    /* Per direction, bin b + offset o -> (bin in the cell, image), or bin -1 when
+     * it lies outside the atoms' range of a non-periodic direction. */
+    for (int d = 0; d < 3; d++) {
+        int w = 2 * reach[d] + 1;
+        wrap_bin[d] = malloc(sizeof(int) * (size_t)nbin[d] * (size_t)w);
+        wrap_image[d] = malloc(sizeof(int) * (size_t)nbin[d] * (size_t)w);
+        if (!wrap_bin[d] || !wrap_image[d]) goto done;
+        for (int b = 0; b < nbin[d]; b++)
+            for (int o = -reach[d]; o <= reach[d]; o++) {
+                int t = b + o, n = 0;
+                if (pbc[d]) {
+                    n = t >= 0 ? t / nbin[d] : -((-t + nbin[d] - 1) / nbin[d]);
+                    t -= n * nbin[d];
+                } else if (t < 0 || t >= nbin[d]) {
+                    t = -1;
+                }
+                wrap_bin[d][b * w + o + reach[d]] = t;
+                wrap_image[d][b * w + o + reach[d]] = n;
+            }
+    }
+
+    /* The stencil: offset rows (o0, o1) and the range of o2 whose boxes come
+     * closer than the cutoff. */
+    double G[9];
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            G[3 * a + b] = cell[3 * a] * cell[3 * b] + cell[3 * a + 1] * cell[3 * b + 1] +
+                           cell[3 * a + 2] * cell[3 * b + 2];
     const double cut2 = cutoff * cutoff;
+    rows = malloc(sizeof(stencil_row) * (size_t)(2 * reach[0] + 1) * (size_t)(2 * reach[1] + 1));
+    if (!rows) goto done;
+    long n_rows = build_stencil(G, width, reach, cut2, rows);
+
     long count = 0;
+    const int w0 = 2 * reach[0] + 1, w1 = 2 * reach[1] + 1, w2 = 2 * reach[2] + 1;
     for (int i = 0; i < n_atoms; i++) {
-        int bi[3];
-        bi[0] = bin_of[i] / (nbin[1] * nbin[2]);
-        bi[1] = (bin_of[i] / nbin[2]) % nbin[1];
-        bi[2] = bin_of[i] % nbin[2];
-        const double *si = frac + 3 * i;
-        for (int o0 = -reach[0]; o0 <= reach[0]; o0++) {
-            int t0 = bi[0] + o0, n0 = 0;
-            if (pbc[0]) { n0 = (int)floor((double)t0 / nbin[0]); t0 -= n0 * nbin[0]; }
-            else if (t0 < 0 || t0 >= nbin[0]) continue;
-            for (int o1 = -reach[1]; o1 <= reach[1]; o1++) {
-                int t1 = bi[1] + o1, n1 = 0;
-                if (pbc[1]) { n1 = (int)floor((double)t1 / nbin[1]); t1 -= n1 * nbin[1]; }
-                else if (t1 < 0 || t1 >= nbin[1]) continue;
-                for (int o2 = -reach[2]; o2 <= reach[2]; o2++) {
-                    int t2 = bi[2] + o2, n2 = 0;
-                    if (pbc[2]) { n2 = (int)floor((double)t2 / nbin[2]); t2 -= n2 * nbin[2]; }
-                    else if (t2 < 0 || t2 >= nbin[2]) continue;
-                    long b = ((long)t0 * nbin[1] + t1) * nbin[2] + t2;
-                    for (long q = bin_start[b]; q < bin_start[b + 1]; q++) {
-                        int j = sorted[q];
-                        if (j == i && n0 == 0 && n1 == 0 && n2 == 0) continue;
-                        const double *sj = frac + 3 * j;
-                        double ds0 = sj[0] + n0 - si[0];
-                        double ds1 = sj[1] + n1 - si[1];
-                        double ds2 = sj[2] + n2 - si[2];
-                        double v[3];
-                        for (int k = 0; k < 3; k++)
-                            v[k] = ds0 * cell[k] + ds1 * cell[3 + k] + ds2 * cell[6 + k];
-                        double r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
-                        if (r2 >= cut2) continue;
-                        if (count < capacity) {
-                            pair_first[count] = i;
-                            pair_second[count] = j;
-                            vectors[3 * count] = v[0];
-                            vectors[3 * count + 1] = v[1];
-                            vectors[3 * count + 2] = v[2];
-                        }
-                        count++;
+        int b0 = bin_of[i] / (nbin[1] * nbin[2]);
+        int b1 = (bin_of[i] / nbin[2]) % nbin[1];
+        int b2 = bin_of[i] % nbin[2];
+        const int *t0s = wrap_bin[0] + b0 * w0 + reach[0], *n0s = wrap_image[0] + b0 * w0 + reach[0];
+        const int *t1s = wrap_bin[1] + b1 * w1 + reach[1], *n1s = wrap_image[1] + b1 * w1 + reach[1];
+        const int *t2s = wrap_bin[2] + b2 * w2 + reach[2], *n2s = wrap_image[2] + b2 * w2 + reach[2];
+        const double *xi = wrapped + 3 * i;
+        const long qi = slot[i];
+        for (long s = 0; s < n_rows; s++) {
+            const stencil_row *row = rows + s;
+            int t0 = t0s[row->o0], t1 = t1s[row->o1];
+            if (t0 < 0 || t1 < 0) continue;
+            int n0 = n0s[row->o0], n1 = n1s[row->o1];
+            long base = ((long)t0 * nbin[1] + t1) * nbin[2];
+            int o2 = row->o2_lo;
+            while (o2 <= row->o2_hi) {
+                int t2 = t2s[o2], n2 = n2s[o2];
+                if (t2 < 0) { o2++; continue; }
+                /* a run of consecutive bins with the same image: contiguous atoms */
+                int last = o2;
+                while (last < row->o2_hi && n2s[last + 1] == n2 && t2s[last + 1] == t2 + (last + 1 - o2))
+                    last++;
+                long q_begin = bin_start[base + t2];
+                long q_end = bin_start[base + t2 + (last - o2) + 1];
+                o2 = last + 1;
+                double shift[3];
+                for (int k = 0; k < 3; k++)
+                    shift[k] = n0 * cell[k] + n1 * cell[3 + k] + n2 * cell[6 + k] - xi[k];
+                const int self_possible = n0 == 0 && n1 == 0 && n2 == 0;
+                for (long q = q_begin; q < q_end; q++) {
+                    const double *xj = sorted_pos + 3 * q;
+                    double v0 = xj[0] + shift[0], v1 = xj[1] + shift[1], v2 = xj[2] + shift[2];
+                    double r2 = v0 * v0 + v1 * v1 + v2 * v2;
+                    /* Branch-free: the candidate is written at `count` in any case
+                     * and kept by advancing `count` (about 1 in 3 to 4 is). */
+                    if (count < capacity) {
+                        pair_first[count] = i;
+                        pair_second[count] = sorted[q];
+                        vectors[3 * count] = v0;
+                        vectors[3 * count + 1] = v1;
+                        vectors[3 * count + 2] = v2;
                     }
+                    count += (r2 < cut2) & !(self_possible & (q == qi));
                 }
             }
         }
     }
-    free(frac); free(bin_of); free(bin_start); free(sorted);
-    return count;
+    result = count;
+
+done:
+    free(frac); free(wrapped); free(sorted_pos); free(bin_of); free(sorted); free(slot);
+    free(bin_start); free(fill); free(rows);
+    for (int d = 0; d < 3; d++) { free(wrap_bin[d]); free(wrap_image[d]); }
+    return result;
 }
