@@ -7,6 +7,8 @@ round-off difference could legitimately decide "in" or "out").
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -51,12 +53,19 @@ def assert_same_as_ase(atoms: Atoms, cutoff: float) -> NeighbourList:
     np.testing.assert_allclose(frac, np.round(frac), atol=1e-8)
     assert np.all(np.round(frac)[:, ~atoms.pbc] == 0), "image shift along a non-periodic direction"
 
+    # vectors to 1e-12 A, or to 1e-15 of the coordinates for atoms far out
+    atol = 1e-12 * max(1.0, 1e-3 * np.abs(atoms.positions).max())
     assert len(nl.first) == len(ai), f"C found {len(nl.first)} pairs, ASE {len(ai)}"
     ci, cj, cd = _sorted_triples(nl.first, nl.second, nl.vectors)
     ri, rj, rd = _sorted_triples(ai, aj, ad)
     np.testing.assert_array_equal(ci, ri)
     np.testing.assert_array_equal(cj, rj)
-    np.testing.assert_allclose(cd, rd, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(cd, rd, rtol=0, atol=atol)
+    if n <= 100:  # and a second, brute-force reference over explicit images
+        bi, bj, bd = _sorted_triples(*_brute_force(atoms, cutoff))
+        np.testing.assert_array_equal(ci, bi)
+        np.testing.assert_array_equal(cj, bj)
+        np.testing.assert_allclose(cd, bd, rtol=0, atol=atol)
     # no duplicated (i, j, image) entries
     keys = {(a, b, *np.round(v, 6)) for a, b, v in zip(ci, cj, cd)}
     assert len(keys) == len(ci), "duplicate pairs in the C list"
@@ -64,6 +73,27 @@ def assert_same_as_ase(atoms: Atoms, cutoff: float) -> NeighbourList:
     _, _, back = _sorted_triples(nl.second, nl.first, -nl.vectors)
     np.testing.assert_allclose(back, cd, atol=1e-9)
     return nl
+
+
+def _brute_force(atoms: Atoms, cutoff: float):
+    """(i, j, D) of every pair closer than cutoff, by testing all atoms of all
+    lattice shifts that can reach (numpy, no binning)."""
+    pbc = atoms.pbc
+    periodic = atoms.cell.array[pbc]
+    pos = atoms.positions
+    shifts = np.zeros((1, 3))
+    if pbc.any():
+        # wrap along the periodic vectors (the same vectors, found from other images),
+        # then every shift n with |n_d| < cutoff / (plane spacing d) + 1 can reach
+        proj = np.linalg.pinv(periodic)
+        pos = pos - np.floor(pos @ proj) @ periodic
+        reach = np.ceil(cutoff * np.linalg.norm(proj, axis=0)).astype(int) + 1
+        n = np.array(list(itertools.product(*[range(-r, r + 1) for r in reach])), dtype=float)
+        shifts = n.reshape(-1, len(periodic)) @ periodic
+    d = pos[None, :, None, :] + shifts[None, None, :, :] - pos[:, None, None, :]  # (i, j, shift, 3)
+    r = np.linalg.norm(d, axis=-1)
+    i, j, k = np.nonzero((r < cutoff) & (r > 0))
+    return i, j, d[i, j, k]
 
 
 def _full_rank(atoms: Atoms) -> np.ndarray:
@@ -150,6 +180,48 @@ def test_cutoff_much_larger_than_cell():
     atoms = bulk("Cu", "fcc", a=3.6)  # one atom, |a| = 2.55 A
     atoms.rattle(0.0)
     assert_same_as_ase(atoms, 9.3)
+
+
+def test_small_triclinic_cell_with_several_atoms():
+    # every lattice vector shorter than the cutoff, and skewed: one bin per
+    # direction, and the search must reach images 2-3 cells away
+    cell = np.array([[3.1, 0.0, 0.0], [1.2, 2.9, 0.0], [-0.8, 0.9, 3.3]])
+    rng = np.random.default_rng(21)
+    atoms = Atoms("Si3", scaled_positions=rng.random((3, 3)), cell=cell, pbc=True)
+    nl = assert_same_as_ase(atoms, 7.0)
+    assert np.sum((nl.first == 0) & (nl.second == 0)) > 20
+
+
+def test_atoms_exactly_on_bin_boundaries():
+    # simple cubic, spacing 2.95 A in an 11.8 A cell: with cutoff 5 A the bins are
+    # a quarter of the cell wide, so every atom sits on a bin boundary (no pair is
+    # near the cutoff: the distances are 2.95, 4.17 and 5.11 A)
+    grid = np.array(list(itertools.product(range(4), repeat=3)), dtype=float) * 2.95
+    atoms = Atoms(f"Si{len(grid)}", positions=grid, cell=np.eye(3) * 11.8, pbc=True)
+    nl = assert_same_as_ase(atoms, 5.0)
+    assert len(nl.first) == 18 * len(atoms)
+
+
+@pytest.mark.parametrize("pbc", [True, (True, True, False), False])
+def test_large_system(pbc):
+    # Si1000 (27 A cube): many bins along every direction
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (5, 5, 5)
+    atoms.rattle(0.05, seed=12)
+    atoms.pbc = pbc
+    nl = assert_same_as_ase(atoms, 6.0)
+    if np.all(pbc):
+        assert 40 < len(nl.first) / len(atoms) < 50
+
+
+def test_order_is_reproducible():
+    # the symmetry-function sums follow the order of the list: two calls, on
+    # copies of the input, give bit-identical arrays
+    slab = fcc111("Pt", (3, 3, 4), vacuum=6.0)
+    slab.rattle(0.05, seed=14)
+    a = neighbour_list(slab.positions, slab.cell.array, slab.pbc, 6.0)
+    b = neighbour_list(slab.positions.copy(), slab.cell.array.copy(), slab.pbc.copy(), 6.0)
+    for x, y in zip((a.first, a.second, a.vectors, a.offset), (b.first, b.second, b.vectors, b.offset)):
+        assert x.tobytes() == y.tobytes()
 
 
 # -- mixed and no periodicity -----------------------------------------------------
