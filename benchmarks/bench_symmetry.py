@@ -23,6 +23,16 @@ in milliseconds. Usage:
 
     python benchmarks/bench_symmetry.py [--repeat 20] [--sizes 64,512,4096]
                                          [--no-dscribe] [--no-torch]
+
+With --neighbours it times only the neighbour list (CPU time of this thread, best
+and median of --repeat batches) on Si64, Si216, Si512 (diamond a = 5.431 A,
+rattled by 0.05 A) and a Pt(111) 4x4x4 slab with 8 A of vacuum (periodic in x, y),
+cutoff 6 A, and the whole ``SymmetryFunctions.compute`` of Si64. --before PATH
+times a second checkout (e.g. ``git worktree add /tmp/nl-before <commit>`` built
+with its own ``python ckernels/build.py``) in the same run: one worker process
+per checkout, batches interleaved, and the ratio of the medians is printed.
+
+    python benchmarks/bench_symmetry.py --neighbours [--before PATH] [--repeat 15]
 """
 from __future__ import annotations
 
@@ -38,9 +48,10 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+# the checkout whose biasserver is timed: this one, or --before's in a worker
+sys.path.insert(0, os.environ.get("GMETAD_BENCH_TREE", ROOT))
 
-from ase.build import bulk  # noqa: E402
+from ase.build import bulk, fcc111  # noqa: E402
 
 from biasserver import kernels  # noqa: E402
 from biasserver.symmetry import (DEFAULT_G2_ETAS, DEFAULT_G4_ETAS, DEFAULT_G4_LAMBDAS,  # noqa: E402
@@ -218,6 +229,82 @@ def child(threads: int, sizes: list[int], repeat: int, budget: float, dscribe: b
     return results
 
 
+# ---- neighbour list alone, optionally against another checkout ----------------
+
+def nl_cases() -> dict:
+    """name -> Atoms of the neighbour-list timings (cutoff CUTOFF)."""
+    cases = {}
+    for rep in (2, 3, 4):
+        atoms = bulk("Si", "diamond", a=5.431, cubic=True).repeat(rep)
+        atoms.rattle(0.05, seed=1)
+        cases[f"Si{len(atoms)}"] = atoms
+    slab = fcc111("Pt", (4, 4, 4), vacuum=8.0)
+    slab.rattle(0.03, seed=1)
+    cases["Pt(111) 4x4x4 slab"] = slab
+    return cases
+
+
+def nl_worker() -> None:
+    """Answer "case task calls" lines on stdin with the CPU ms per call (one JSON
+    number per line); task is "nl" (neighbour list) or "compute" (whole
+    SymmetryFunctions.compute, Si only)."""
+    cases = nl_cases()
+    sf = {"Si": SymmetryFunctions.default(["Si"]), "Pt": SymmetryFunctions.default(["Pt"])}
+    print(json.dumps({name: len(kernels.neighbour_list(a.positions, a.cell.array, a.pbc, CUTOFF).first)
+                      for name, a in cases.items()}), flush=True)
+    for line in sys.stdin:
+        name, task, calls = line.rsplit(maxsplit=2)
+        atoms = cases[name]
+        if task == "nl":
+            def fn(a=atoms):
+                return kernels.neighbour_list(a.positions, a.cell.array, a.pbc, CUTOFF)
+        else:
+            fn = lambda a=atoms, s=sf[atoms.get_chemical_symbols()[0]]: s.compute(a)  # noqa: E731
+        fn()
+        t = time.thread_time()
+        for _ in range(int(calls)):
+            fn()
+        print(json.dumps((time.thread_time() - t) / int(calls) * 1e3), flush=True)
+
+
+def nl_main(before: str | None, repeat: int) -> None:
+    trees = {"this checkout": ROOT} | ({"before": os.path.abspath(before)} if before else {})
+    workers, pairs = {}, {}
+    for label, tree in trees.items():
+        env = dict(os.environ, GMETAD_BENCH_TREE=tree, OMP_NUM_THREADS="1")
+        workers[label] = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--nl-worker"], env=env,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        pairs[label] = json.loads(workers[label].stdout.readline())
+    if before and pairs["before"] != pairs["this checkout"]:
+        raise SystemExit(f"the checkouts find different pair counts: {pairs}")
+    tasks = [(name, "nl") for name in pairs["this checkout"]] + [("Si64", "compute")]
+    load = [os.getloadavg()[0]]
+    print(f"Machine: {machine()}; cutoff {CUTOFF} A; CPU ms per call (thread_time), "
+          f"best / median of {repeat} batches, batches of the checkouts interleaved.\n")
+    head = "| | pairs | " + " | ".join(f"{label} best / median" for label in trees) + " |"
+    print(head + (" before / this (medians) |" if before else ""))
+    print("|---|---:|" + "---:|" * (len(trees) + bool(before)))
+    for name, task in tasks:
+        calls = max(1, 20000 // len(nl_cases()[name])) if task == "nl" else 10
+        times = {label: [] for label in trees}
+        for _ in range(repeat):
+            for label, w in workers.items():
+                w.stdin.write(f"{name} {task} {calls}\n")
+                w.stdin.flush()
+                times[label].append(json.loads(w.stdout.readline()))
+        row = f"| {name}: {'neighbour list' if task == 'nl' else 'SymmetryFunctions.compute'} | "
+        row += f"{pairs['this checkout'][name]} | "
+        row += " | ".join(f"{min(t):.3f} / {np.median(t):.3f}" for t in times.values()) + " |"
+        if before:
+            row += f" {np.median(times['before']) / np.median(times['this checkout']):.2f} |"
+        print(row, flush=True)
+    for w in workers.values():
+        w.stdin.close()
+        w.wait()
+    load.append(os.getloadavg()[0])
+    print(f"\nLoad average (1 min) before / after: {load[0]:.2f} / {load[1]:.2f}")
+
+
 def machine() -> str:
     model = platform.processor() or "?"
     try:
@@ -236,8 +323,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,512,4096", help="atom counts, from 64, 512, 4096")
     parser.add_argument("--no-dscribe", action="store_true")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--neighbours", action="store_true", help="time only the neighbour list")
+    parser.add_argument("--before", metavar="PATH", help="with --neighbours: also time this checkout")
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--nl-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.nl_worker:
+        nl_worker()
+        return
+    if args.neighbours:
+        nl_main(args.before, args.repeat)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     dscribe = not args.no_dscribe
     torch_ok = not args.no_torch
