@@ -17,19 +17,26 @@
  * hold a point closer than the cutoff to a point of bin b: the exact minimum
  * distance between the two (triclinic) boxes is computed once per offset
  * (box_min_norm2), with the boxes grown by a relative 1e-6 of a bin so that
- * round-off in the binning can only add candidates, never lose a pair. Offsets
- * running past the cell along a periodic direction wrap around and carry the
- * lattice shift; one bin can be visited several times, once per image.
+ * round-off in the binning can only add candidates, never lose a pair. The
+ * offsets (o0, o1) of one row share an interval of o2.
+ *
+ * Images. Along periodic directions the bins are padded with `reach` bins of
+ * periodic images (ghost copies of the atoms, positions shifted by their lattice
+ * vector) on either side, so a centre's stencil never wraps: one row is one run
+ * of consecutive ghosts, and a pair vector is one subtraction. A small cell is
+ * thus copied as many times as the cutoff needs (every image of one atom is a
+ * distinct neighbour); a large one gains a layer of reach bins on each face.
  * For Si64 (cubic 10.86 A, cutoff 6 A, 45 neighbours per atom) a centre tests
- * 276 candidates instead of the 1728 of cutoff-wide bins (benchmarks/README.md,
- * "Neighbour list").
+ * 276 candidates in 25 runs, instead of 1728 with cutoff-wide bins
+ * (benchmarks/README.md, "Neighbour list").
  *
  * Order of the output (deterministic for given positions, cell, pbc and cutoff;
  * the symmetry-function sums follow it, so restarts are bit-identical):
  * centres in increasing index; for one centre, stencil offsets (o0, o1, o2) in
- * lexicographic order, and within one bin the atoms in increasing index. The
- * order within a centre is therefore not sorted by neighbour index, and it changes
- * when an atom crosses a bin boundary (results then differ at round-off only).
+ * lexicographic order, and within one bin (one image of it) the atoms in
+ * increasing index. The order within a centre is therefore not sorted by
+ * neighbour index, and it changes when an atom crosses a bin boundary (results
+ * then differ at round-off only).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -184,14 +191,14 @@ long gm_neighbours(int n_atoms, const double *positions, const double *cell,
     long result = GM_ENOMEM;
     double *frac = malloc(sizeof(double) * 3 * (size_t)n_atoms);
     double *wrapped = malloc(sizeof(double) * 3 * (size_t)n_atoms); /* Cartesian, in the cell */
-    double *sorted_pos = malloc(sizeof(double) * 3 * (size_t)n_atoms);
     int *bin_of = malloc(sizeof(int) * (size_t)n_atoms);
     int *sorted = malloc(sizeof(int) * (size_t)n_atoms);
-    int *slot = malloc(sizeof(int) * (size_t)n_atoms); /* position of atom i in `sorted` */
-    long *bin_start = NULL, *fill = NULL;
-    int *wrap_bin[3] = {NULL, NULL, NULL}, *wrap_image[3] = {NULL, NULL, NULL};
+    long *slot = malloc(sizeof(long) * (size_t)n_atoms); /* the copy of atom i in the padded grid */
+    long *bin_start = NULL, *fill = NULL, *pad_start = NULL;
+    int *ghost_atom = NULL, *pad_bin[3] = {NULL, NULL, NULL}, *pad_image[3] = {NULL, NULL, NULL};
+    double *ghost_pos = NULL;
     stencil_row *rows = NULL;
-    if (!frac || !wrapped || !sorted_pos || !bin_of || !sorted || !slot) goto done;
+    if (!frac || !wrapped || !bin_of || !sorted || !slot) goto done;
 
     /* Fractional coordinates s = r . inv (r = s . cell); wrapped where periodic,
      * with the Cartesian position moved by the same lattice vector. */
@@ -248,7 +255,7 @@ long gm_neighbours(int n_atoms, const double *positions, const double *cell,
         reach[d] = (int)r;
     }
 
-    /* Bin the atoms: bin_start (CSR over bins), sorted atom indices and positions. */
+    /* Bin the atoms: bin_start (CSR over bins), atom indices in bin order. */
     long total_bins = (long)nbin[0] * nbin[1] * nbin[2];
     bin_start = calloc((size_t)total_bins + 1, sizeof(long));
     fill = malloc(sizeof(long) * (size_t)total_bins);
@@ -264,32 +271,56 @@ long gm_neighbours(int n_atoms, const double *positions, const double *cell,
     }
     for (long b = 0; b < total_bins; b++) bin_start[b + 1] += bin_start[b];
     for (long b = 0; b < total_bins; b++) fill[b] = bin_start[b];
-    for (int i = 0; i < n_atoms; i++) { /* increasing index within each bin */
-        long q = fill[bin_of[i]]++;
-        sorted[q] = i;
-        slot[i] = (int)q;
-        for (int k = 0; k < 3; k++) sorted_pos[3 * q + k] = wrapped[3 * i + k];
-    }
+    for (int i = 0; i < n_atoms; i++) sorted[fill[bin_of[i]]++] = i; /* increasing index */
 
-    /* Per direction, bin b + offset o -> (bin in the cell, image), or bin -1 when
-     * it lies outside the atoms' range of a non-periodic direction. */
+    /* The padded grid: along a periodic direction, reach[d] bins of periodic
+     * images on either side of the cell's bins (padded bin p is bin
+     * (p - pad) mod nbin of image floor((p - pad) / nbin)). Every bin a centre
+     * visits is then a real bin of the padded grid, and the o2 range of one
+     * stencil row is one run of consecutive atoms. Ghost positions carry their
+     * lattice shift, so a pair vector is one subtraction. */
+    int pad[3], np_[3];
+    double n_padded_bins = 1.0;
     for (int d = 0; d < 3; d++) {
-        int w = 2 * reach[d] + 1;
-        wrap_bin[d] = malloc(sizeof(int) * (size_t)nbin[d] * (size_t)w);
-        wrap_image[d] = malloc(sizeof(int) * (size_t)nbin[d] * (size_t)w);
-        if (!wrap_bin[d] || !wrap_image[d]) goto done;
-        for (int b = 0; b < nbin[d]; b++)
-            for (int o = -reach[d]; o <= reach[d]; o++) {
-                int t = b + o, n = 0;
-                if (pbc[d]) {
-                    n = t >= 0 ? t / nbin[d] : -((-t + nbin[d] - 1) / nbin[d]);
-                    t -= n * nbin[d];
-                } else if (t < 0 || t >= nbin[d]) {
-                    t = -1;
-                }
-                wrap_bin[d][b * w + o + reach[d]] = t;
-                wrap_image[d][b * w + o + reach[d]] = n;
-            }
+        pad[d] = pbc[d] ? reach[d] : 0;
+        np_[d] = nbin[d] + 2 * pad[d];
+        n_padded_bins *= np_[d];
+        pad_bin[d] = malloc(sizeof(int) * (size_t)np_[d]);
+        pad_image[d] = malloc(sizeof(int) * (size_t)np_[d]);
+        if (!pad_bin[d] || !pad_image[d]) goto done;
+        for (int p = 0; p < np_[d]; p++) {
+            int t = p - pad[d];
+            int n = t >= 0 ? t / nbin[d] : -((-t + nbin[d] - 1) / nbin[d]);
+            pad_bin[d][p] = t - n * nbin[d];
+            pad_image[d][p] = n;
+        }
+    }
+    if (n_padded_bins > 1e9) goto done; /* cutoff absurdly larger than the cell */
+    const long total_padded = (long)n_padded_bins;
+    pad_start = malloc(sizeof(long) * ((size_t)total_padded + 1));
+    if (!pad_start) goto done;
+    pad_start[0] = 0;
+    for (long pb = 0; pb < total_padded; pb++) {
+        int p2 = (int)(pb % np_[2]), p1 = (int)(pb / np_[2] % np_[1]), p0 = (int)(pb / np_[2] / np_[1]);
+        long b = ((long)pad_bin[0][p0] * nbin[1] + pad_bin[1][p1]) * nbin[2] + pad_bin[2][p2];
+        pad_start[pb + 1] = pad_start[pb] + bin_start[b + 1] - bin_start[b];
+    }
+    ghost_atom = malloc(sizeof(int) * (size_t)pad_start[total_padded] + 1);
+    ghost_pos = malloc(sizeof(double) * 3 * (size_t)pad_start[total_padded] + 1);
+    if (!ghost_atom || !ghost_pos) goto done;
+    for (long pb = 0; pb < total_padded; pb++) {
+        int p2 = (int)(pb % np_[2]), p1 = (int)(pb / np_[2] % np_[1]), p0 = (int)(pb / np_[2] / np_[1]);
+        long b = ((long)pad_bin[0][p0] * nbin[1] + pad_bin[1][p1]) * nbin[2] + pad_bin[2][p2];
+        int n0 = pad_image[0][p0], n1 = pad_image[1][p1], n2 = pad_image[2][p2];
+        double shift[3];
+        for (int k = 0; k < 3; k++) shift[k] = n0 * cell[k] + n1 * cell[3 + k] + n2 * cell[6 + k];
+        long g = pad_start[pb];
+        for (long q = bin_start[b]; q < bin_start[b + 1]; q++, g++) {
+            int j = sorted[q];
+            ghost_atom[g] = j;
+            for (int k = 0; k < 3; k++) ghost_pos[3 * g + k] = wrapped[3 * j + k] + shift[k];
+            if (n0 == 0 && n1 == 0 && n2 == 0) slot[j] = g;
+        }
     }
 
     /* The stencil: offset rows (o0, o1) and the range of o2 whose boxes come
@@ -305,60 +336,45 @@ long gm_neighbours(int n_atoms, const double *positions, const double *cell,
     long n_rows = build_stencil(G, width, reach, cut2, rows);
 
     long count = 0;
-    const int w0 = 2 * reach[0] + 1, w1 = 2 * reach[1] + 1, w2 = 2 * reach[2] + 1;
     for (int i = 0; i < n_atoms; i++) {
-        int b0 = bin_of[i] / (nbin[1] * nbin[2]);
-        int b1 = (bin_of[i] / nbin[2]) % nbin[1];
-        int b2 = bin_of[i] % nbin[2];
-        const int *t0s = wrap_bin[0] + b0 * w0 + reach[0], *n0s = wrap_image[0] + b0 * w0 + reach[0];
-        const int *t1s = wrap_bin[1] + b1 * w1 + reach[1], *n1s = wrap_image[1] + b1 * w1 + reach[1];
-        const int *t2s = wrap_bin[2] + b2 * w2 + reach[2], *n2s = wrap_image[2] + b2 * w2 + reach[2];
+        int c0 = bin_of[i] / (nbin[1] * nbin[2]) + pad[0];
+        int c1 = (bin_of[i] / nbin[2]) % nbin[1] + pad[1];
+        int c2 = bin_of[i] % nbin[2] + pad[2];
         const double *xi = wrapped + 3 * i;
-        const long qi = slot[i];
+        const long gi = slot[i];
         for (long s = 0; s < n_rows; s++) {
             const stencil_row *row = rows + s;
-            int t0 = t0s[row->o0], t1 = t1s[row->o1];
-            if (t0 < 0 || t1 < 0) continue;
-            int n0 = n0s[row->o0], n1 = n1s[row->o1];
-            long base = ((long)t0 * nbin[1] + t1) * nbin[2];
-            int o2 = row->o2_lo;
-            while (o2 <= row->o2_hi) {
-                int t2 = t2s[o2], n2 = n2s[o2];
-                if (t2 < 0) { o2++; continue; }
-                /* a run of consecutive bins with the same image: contiguous atoms */
-                int last = o2;
-                while (last < row->o2_hi && n2s[last + 1] == n2 && t2s[last + 1] == t2 + (last + 1 - o2))
-                    last++;
-                long q_begin = bin_start[base + t2];
-                long q_end = bin_start[base + t2 + (last - o2) + 1];
-                o2 = last + 1;
-                double shift[3];
-                for (int k = 0; k < 3; k++)
-                    shift[k] = n0 * cell[k] + n1 * cell[3 + k] + n2 * cell[6 + k] - xi[k];
-                const int self_possible = n0 == 0 && n1 == 0 && n2 == 0;
-                for (long q = q_begin; q < q_end; q++) {
-                    const double *xj = sorted_pos + 3 * q;
-                    double v0 = xj[0] + shift[0], v1 = xj[1] + shift[1], v2 = xj[2] + shift[2];
-                    double r2 = v0 * v0 + v1 * v1 + v2 * v2;
-                    /* Branch-free: the candidate is written at `count` in any case
-                     * and kept by advancing `count` (about 1 in 3 to 4 is). */
-                    if (count < capacity) {
-                        pair_first[count] = i;
-                        pair_second[count] = sorted[q];
-                        vectors[3 * count] = v0;
-                        vectors[3 * count + 1] = v1;
-                        vectors[3 * count + 2] = v2;
-                    }
-                    count += (r2 < cut2) & !(self_possible & (q == qi));
+            int p0 = c0 + row->o0, p1 = c1 + row->o1;
+            if (p0 < 0 || p0 >= np_[0] || p1 < 0 || p1 >= np_[1]) continue; /* open directions */
+            int lo2 = c2 + row->o2_lo, hi2 = c2 + row->o2_hi;
+            if (lo2 < 0) lo2 = 0;
+            if (hi2 >= np_[2]) hi2 = np_[2] - 1;
+            if (lo2 > hi2) continue;
+            long base = ((long)p0 * np_[1] + p1) * np_[2];
+            long g_end = pad_start[base + hi2 + 1];
+            for (long g = pad_start[base + lo2]; g < g_end; g++) {
+                double v0 = ghost_pos[3 * g] - xi[0];
+                double v1 = ghost_pos[3 * g + 1] - xi[1];
+                double v2 = ghost_pos[3 * g + 2] - xi[2];
+                double r2 = v0 * v0 + v1 * v1 + v2 * v2;
+                /* Branch-free: the candidate is written at `count` in any case and
+                 * kept by advancing `count` (about 1 in 4 is). */
+                if (count < capacity) {
+                    pair_first[count] = i;
+                    pair_second[count] = ghost_atom[g];
+                    vectors[3 * count] = v0;
+                    vectors[3 * count + 1] = v1;
+                    vectors[3 * count + 2] = v2;
                 }
+                count += (r2 < cut2) & (g != gi);
             }
         }
     }
     result = count;
 
 done:
-    free(frac); free(wrapped); free(sorted_pos); free(bin_of); free(sorted); free(slot);
-    free(bin_start); free(fill); free(rows);
-    for (int d = 0; d < 3; d++) { free(wrap_bin[d]); free(wrap_image[d]); }
+    free(frac); free(wrapped); free(bin_of); free(sorted); free(slot);
+    free(bin_start); free(fill); free(pad_start); free(ghost_atom); free(ghost_pos); free(rows);
+    for (int d = 0; d < 3; d++) { free(pad_bin[d]); free(pad_image[d]); }
     return result;
 }
