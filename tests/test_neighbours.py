@@ -287,6 +287,17 @@ def test_cluster_with_a_far_away_atom():
     assert set(nl.second[far]) == {64, 65}
 
 
+def test_sparse_cluster_along_a_diagonal():
+    # 30 close pairs strung along the body diagonal of a 58 000 A open box: the
+    # bins along all three directions are capped together, not one at a time
+    rng = np.random.default_rng(10)
+    centres = np.sort(rng.random(30))[:, None] * 1e5 * np.ones(3) / np.sqrt(3)
+    partners = centres + rng.normal(size=(30, 3))
+    atoms = Atoms("Si60", positions=np.concatenate([centres, partners]))
+    nl = assert_same_as_ase(atoms, 3.0)
+    assert len(nl.first) >= 40
+
+
 # -- atoms outside the cell ----------------------------------------------------
 
 def test_atoms_outside_the_cell_periodic():
