@@ -247,19 +247,19 @@ def nl_cases() -> dict:
 def nl_worker() -> None:
     """Answer "case task calls" lines on stdin with the CPU ms per call (one JSON
     number per line); task is "nl" (neighbour list) or "compute" (whole
-    SymmetryFunctions.compute, Si only)."""
+    SymmetryFunctions.compute with the default Si set)."""
     cases = nl_cases()
-    sf = {"Si": SymmetryFunctions.default(["Si"]), "Pt": SymmetryFunctions.default(["Pt"])}
+    sf = SymmetryFunctions.default(["Si"])
     print(json.dumps({name: len(kernels.neighbour_list(a.positions, a.cell.array, a.pbc, CUTOFF).first)
                       for name, a in cases.items()}), flush=True)
     for line in sys.stdin:
-        name, task, calls = line.rsplit(maxsplit=2)
-        atoms = cases[name]
-        if task == "nl":
-            def fn(a=atoms):
-                return kernels.neighbour_list(a.positions, a.cell.array, a.pbc, CUTOFF)
-        else:
-            fn = lambda a=atoms, s=sf[atoms.get_chemical_symbols()[0]]: s.compute(a)  # noqa: E731
+        name, task, calls = line.rsplit(maxsplit=2)  # case names contain spaces
+
+        def fn(atoms=cases[name], task=task):
+            if task == "nl":
+                return kernels.neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, CUTOFF)
+            return sf.compute(atoms)
+
         fn()
         t = time.thread_time()
         for _ in range(int(calls)):
@@ -277,7 +277,8 @@ def nl_main(before: str | None, repeat: int) -> None:
         pairs[label] = json.loads(workers[label].stdout.readline())
     if before and pairs["before"] != pairs["this checkout"]:
         raise SystemExit(f"the checkouts find different pair counts: {pairs}")
-    tasks = [(name, "nl") for name in pairs["this checkout"]] + [("Si64", "compute")]
+    cases = nl_cases()
+    tasks = [(name, "nl") for name in cases] + [("Si64", "compute")]
     load = [os.getloadavg()[0]]
     print(f"Machine: {machine()}; cutoff {CUTOFF} A; CPU ms per call (thread_time), "
           f"best / median of {repeat} batches, batches of the checkouts interleaved.\n")
@@ -285,7 +286,7 @@ def nl_main(before: str | None, repeat: int) -> None:
     print(head + (" before / this (medians) |" if before else ""))
     print("|---|---:|" + "---:|" * (len(trees) + bool(before)))
     for name, task in tasks:
-        calls = max(1, 20000 // len(nl_cases()[name])) if task == "nl" else 10
+        calls = max(1, 20000 // len(cases[name])) if task == "nl" else 10  # ~ 20 ms batches
         times = {label: [] for label in trees}
         for _ in range(repeat):
             for label, w in workers.items():

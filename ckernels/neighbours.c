@@ -279,16 +279,16 @@ long gm_neighbours(int n_atoms, const double *positions, const double *cell,
      * visits is then a real bin of the padded grid, and the o2 range of one
      * stencil row is one run of consecutive atoms. Ghost positions carry their
      * lattice shift, so a pair vector is one subtraction. */
-    int pad[3], np_[3];
+    int pad[3], n_pad[3];
     double n_padded_bins = 1.0;
     for (int d = 0; d < 3; d++) {
         pad[d] = pbc[d] ? reach[d] : 0;
-        np_[d] = nbin[d] + 2 * pad[d];
-        n_padded_bins *= np_[d];
-        pad_bin[d] = malloc(sizeof(int) * (size_t)np_[d]);
-        pad_image[d] = malloc(sizeof(int) * (size_t)np_[d]);
+        n_pad[d] = nbin[d] + 2 * pad[d];
+        n_padded_bins *= n_pad[d];
+        pad_bin[d] = malloc(sizeof(int) * (size_t)n_pad[d]);
+        pad_image[d] = malloc(sizeof(int) * (size_t)n_pad[d]);
         if (!pad_bin[d] || !pad_image[d]) goto done;
-        for (int p = 0; p < np_[d]; p++) {
+        for (int p = 0; p < n_pad[d]; p++) {
             int t = p - pad[d];
             int n = t >= 0 ? t / nbin[d] : -((-t + nbin[d] - 1) / nbin[d]);
             pad_bin[d][p] = t - n * nbin[d];
@@ -301,7 +301,8 @@ long gm_neighbours(int n_atoms, const double *positions, const double *cell,
     if (!pad_start) goto done;
     pad_start[0] = 0;
     for (long pb = 0; pb < total_padded; pb++) {
-        int p2 = (int)(pb % np_[2]), p1 = (int)(pb / np_[2] % np_[1]), p0 = (int)(pb / np_[2] / np_[1]);
+        int p2 = (int)(pb % n_pad[2]), p1 = (int)(pb / n_pad[2] % n_pad[1]);
+        int p0 = (int)(pb / n_pad[2] / n_pad[1]);
         long b = ((long)pad_bin[0][p0] * nbin[1] + pad_bin[1][p1]) * nbin[2] + pad_bin[2][p2];
         pad_start[pb + 1] = pad_start[pb] + bin_start[b + 1] - bin_start[b];
     }
@@ -309,7 +310,8 @@ long gm_neighbours(int n_atoms, const double *positions, const double *cell,
     ghost_pos = malloc(sizeof(double) * 3 * (size_t)pad_start[total_padded] + 1);
     if (!ghost_atom || !ghost_pos) goto done;
     for (long pb = 0; pb < total_padded; pb++) {
-        int p2 = (int)(pb % np_[2]), p1 = (int)(pb / np_[2] % np_[1]), p0 = (int)(pb / np_[2] / np_[1]);
+        int p2 = (int)(pb % n_pad[2]), p1 = (int)(pb / n_pad[2] % n_pad[1]);
+        int p0 = (int)(pb / n_pad[2] / n_pad[1]);
         long b = ((long)pad_bin[0][p0] * nbin[1] + pad_bin[1][p1]) * nbin[2] + pad_bin[2][p2];
         int n0 = pad_image[0][p0], n1 = pad_image[1][p1], n2 = pad_image[2][p2];
         double shift[3];
@@ -345,12 +347,12 @@ long gm_neighbours(int n_atoms, const double *positions, const double *cell,
         for (long s = 0; s < n_rows; s++) {
             const stencil_row *row = rows + s;
             int p0 = c0 + row->o0, p1 = c1 + row->o1;
-            if (p0 < 0 || p0 >= np_[0] || p1 < 0 || p1 >= np_[1]) continue; /* open directions */
+            if (p0 < 0 || p0 >= n_pad[0] || p1 < 0 || p1 >= n_pad[1]) continue; /* open directions */
             int lo2 = c2 + row->o2_lo, hi2 = c2 + row->o2_hi;
             if (lo2 < 0) lo2 = 0;
-            if (hi2 >= np_[2]) hi2 = np_[2] - 1;
+            if (hi2 >= n_pad[2]) hi2 = n_pad[2] - 1;
             if (lo2 > hi2) continue;
-            long base = ((long)p0 * np_[1] + p1) * np_[2];
+            long base = ((long)p0 * n_pad[1] + p1) * n_pad[2];
             long g_end = pad_start[base + hi2 + 1];
             for (long g = pad_start[base + lo2]; g < g_end; g++) {
                 double v0 = ghost_pos[3 * g] - xi[0];
