@@ -1,0 +1,1 @@
+"""Benchmark-only MD engines (the physics that the long G-metaD runs drive)."""
