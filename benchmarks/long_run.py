@@ -2,7 +2,8 @@
 """Long G-metaD runs for the bias-cost table of bench_bias.py: exact hills against
 the approximations that bound the cost (compression, max_hills).
 
-Si64 diamond, Stillinger-Weber (matscipy), ASE Langevin at --temperature, 1 fs,
+Si64 diamond, Stillinger-Weber (--engine c: benchmarks/engines, the C implementation,
+default; --engine matscipy: matscipy's Manybody, the same potential and much slower), ASE Langevin at --temperature, 1 fs,
 G-metaD through biasserver.calculator.GMetaDCalculator with the method's settings
 (h = 1 meV, adaptive sigma = 1 A, stride 20, all atoms biased, default symmetry
 functions). One process per run:
@@ -51,7 +52,17 @@ from biasserver.symmetry import SymmetryFunctions  # noqa: E402
 HEIGHT, WIDTH, STRIDE = 1e-3, 1.0, 20
 
 
-def sw_calculator():
+def sw_calculator(engine: str = "c"):
+    """The Stillinger-Weber calculator (matscipy's Si parameters): "c" for
+    benchmarks/engines' StillingerWeberC, "matscipy" for matscipy's Manybody."""
+    if engine == "c":
+        here = os.path.dirname(os.path.abspath(__file__))
+        if here not in sys.path:
+            sys.path.insert(0, here)
+        from engines.stillinger_weber import StillingerWeberC
+        return StillingerWeberC()
+    if engine != "matscipy":
+        raise ValueError(f"unknown engine {engine!r}: 'c' or 'matscipy'")
     from matscipy.calculators.manybody import Manybody
     from matscipy.calculators.manybody.explicit_forms.stillinger_weber import (
         Stillinger_Weber_PRB_31_5262_Si, StillingerWeber)
@@ -111,7 +122,7 @@ def run(args) -> None:
             return out
 
         bias.step = step
-    engine = sw_calculator()
+    engine = sw_calculator(args.engine)
     timed_calculate = engine.calculate
 
     def calculate(*a, **k):
@@ -164,6 +175,7 @@ def run(args) -> None:
                 record["exact_energy"].append(energy)
         np.savez(out + ".tmp.npz", frames=np.array(frames), cell=atoms.cell.array,
                  steps_done=done, seconds=time.perf_counter() - t0, variant=args.variant,
+                 engine=args.engine,
                  compression=np.nan if args.compression is None else args.compression,
                  max_hills=-1 if args.max_hills is None else args.max_hills,
                  frame_every=args.frame_every, temperature_K=args.temperature,
@@ -188,6 +200,8 @@ def main(argv=None):
     p.add_argument("--window", type=int, default=500, help="steps per record")
     p.add_argument("--frame-every", type=int, default=20, help="steps between kept frames")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--engine", choices=["c", "matscipy"], default="c",
+                   help="Stillinger-Weber implementation (default: c, benchmarks/engines)")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", ".cache", "long_run"))
     args = parser.parse_args(argv)
     if args.variant == "compressed" and args.compression is None:
