@@ -66,9 +66,9 @@ class StillingerWeberC(Calculator):
             raise RuntimeError(f"sw_compute failed with code {code}")
         self.results["energy"] = self.results["free_energy"] = float(energy[0])
         self.results["forces"] = forces
-        if "stress" in properties:
-            volume = abs(np.linalg.det(atoms.cell.array))
-            if volume == 0:
-                raise ValueError("stress needs a cell of nonzero volume")
+        volume = abs(np.linalg.det(atoms.cell.array))
+        if volume > 0:   # always: a later get_stress() then needs no second call
             w = 0.5 * (virial + virial.T) / volume
             self.results["stress"] = w[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        elif "stress" in properties:
+            raise ValueError("stress needs a cell of nonzero volume")
