@@ -3,7 +3,8 @@
 the approximations that bound the cost (compression, max_hills).
 
 Si64 diamond, Stillinger-Weber (--engine c: benchmarks/engines, the C implementation,
-default; --engine matscipy: matscipy's Manybody, the same potential and much slower), ASE Langevin at --temperature, 1 fs,
+default; --engine matscipy: matscipy's Manybody, the same potential and much slower),
+ASE Langevin at --temperature, 1 fs,
 G-metaD through biasserver.calculator.GMetaDCalculator with the method's settings
 (h = 1 meV, adaptive sigma = 1 A, stride 20, all atoms biased, default symmetry
 functions). One process per run:

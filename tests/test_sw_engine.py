@@ -116,7 +116,8 @@ def test_isolated_pair_and_triplet():
     tri = Atoms("Si3", positions=[[0, 0, 0], [r, 0, 0], [r / 2, r * np.sqrt(3) / 2, 0]],
                 cell=[20, 20, 20], pbc=False)
     tri.calc = StillingerWeberC()
-    three = 3 * par["lambda1"] * eps * (0.5 + par["costheta0"]) ** 2 * np.exp(2 * par["gamma"] * sigma / (r - a * sigma))
+    angle = (0.5 + par["costheta0"]) ** 2   # cos 60 = 1/2
+    three = 3 * par["lambda1"] * eps * angle * np.exp(2 * par["gamma"] * sigma / (r - a * sigma))
     assert tri.get_potential_energy() == pytest.approx(3 * expected + three, abs=1e-12)
     np.testing.assert_allclose(tri.get_forces().sum(axis=0), 0.0, rtol=0, atol=1e-12)
     # beyond the cutoff: nothing
