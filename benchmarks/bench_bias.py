@@ -362,6 +362,22 @@ def markdown_table(headers, rows):
     print()
 
 
+def hills_free_sections(args, sections: set, threads: list, sf) -> None:
+    """The sections that make their own inputs: parts (step_parts.py in subprocesses)
+    and long (the runs of long_run.py in --long-run)."""
+    import bench_sections
+    if "parts" in sections:
+        print("## Parts of a biased step at the long-run settings, cost bounded by max_hills")
+        print()
+        trees = ({"before": args.before} if args.before else {}) | {"now": ROOT}
+        bench_sections.step_parts(trees, threads=threads, rounds=args.parts_rounds)
+    if "long" in sections and os.path.isdir(args.long_run):
+        print("## Long runs: Si64 SW G-metaD, h = 1 meV, sigma = 1 A, stride 20 (benchmarks/long_run.py)")
+        print()
+        bench_sections.long_run_table(args.long_run, sf, args.coverage_radius)
+        bench_sections.long_run_windows(args.long_run)
+
+
 def main(argv=None):
     args = parse_args(argv)
     threads = [int(t) for t in args.threads.split(",") if t]
@@ -369,6 +385,11 @@ def main(argv=None):
     thresholds = [float(c) for c in args.compression.split(",") if c]
 
     sf = SymmetryFunctions.default([ELEMENT])
+    sections = set(args.sections.split(","))
+    if not sections & {"kernel", "symmetry", "deposition", "threads", "tables"}:
+        # parts and long make their own inputs: no cached MD hills needed (nor made)
+        hills_free_sections(args, sections, threads, sf)
+        return
     data = load_hills(args, max(sizes), sf)
     centres_all, heights_all, metrics_all = data["centres"], data["heights"], data["metrics"]
     dim = centres_all.shape[1]
@@ -406,7 +427,6 @@ def main(argv=None):
           f"CPU: best-of-N CPU time of the calling thread (robust to other load on the machine)")
     print()
 
-    sections = set(args.sections.split(","))
     if "kernel" in sections:
         import bench_sections
         dgemm = bench_sections.dgemm_rate()
@@ -443,12 +463,7 @@ def main(argv=None):
                                        [n for n in (1_000, 10_000) if n + repeats * n_q <= len(heights_all)]
                                        + [len(heights_all) - repeats * n_q],
                                        n_q, repeats)
-    if "parts" in sections:
-        import bench_sections
-        print("## Parts of a biased step at the long-run settings, cost bounded by max_hills")
-        print()
-        trees = ({"before": args.before} if args.before else {}) | {"now": ROOT}
-        bench_sections.step_parts(trees, threads=threads, rounds=args.parts_rounds)
+    hills_free_sections(args, sections & {"parts"}, threads, sf)
     if "threads" in sections:
         import bench_sections
         print("## The OpenMP parts of a biased step at 1 and 2 threads (wall time)")
@@ -456,12 +471,7 @@ def main(argv=None):
         sets = [(f"{n} adaptive hills", build_set(centres_all[:n], heights_all[:n], metrics_all[:n], True,
                                                   DEFAULT_PRUNE_TOLERANCE)) for n in (300, 1000)]
         bench_sections.thread_scaling(sf, query, sets, threads_context)
-    if "long" in sections and os.path.isdir(args.long_run):
-        import bench_sections
-        print("## Long runs: Si64 SW G-metaD, h = 1 meV, sigma = 1 A, stride 20 (benchmarks/long_run.py)")
-        print()
-        bench_sections.long_run_table(args.long_run, sf, args.coverage_radius)
-        bench_sections.long_run_windows(args.long_run)
+    hills_free_sections(args, sections & {"long"}, threads, sf)
     if "tables" not in sections:
         return
 

@@ -180,7 +180,8 @@ def long_run_table(folder: str, sf, radius: float) -> None:
         vs_exact = "-"
         if cover is not None and exact is not None:
             n_common = min(len(cover), len(exact))
-            vs_exact = f"{cover[n_common - 1] / exact[n_common - 1]:.2f}"
+            vs_exact = (f"{cover[n_common - 1] / exact[n_common - 1]:.3f} "
+                        f"(first {n_common * int(d['frame_every'])} steps)")
         err = np.abs(d["energy"] - d["exact_energy"])
         rel = err / np.maximum(np.abs(d["exact_energy"]), 1e-300)
         parts = ([f"compression {float(d['compression']):g}"] if np.isfinite(float(d["compression"])) else []) \
@@ -196,7 +197,8 @@ def long_run_table(folder: str, sf, radius: float) -> None:
            "(standardised G). " if reference is not None else "No reference run: no coverage. ")
           + "Bias time: CPU time of GMetaDBias.step per MD step, averaged over windows of 500 steps: "
           "first / median / largest / last window; engine: the Stillinger-Weber calculator's CPU "
-          "time per step (median window), a gauge of how much the load slows this process.")
+          "time per step (median window), which grows with the load and with the structure's "
+          "coordination (its three-body sum; see the per-window SW neighbours).")
     print()
     headers = ["run", "approximation", "steps", "hills at end", "bias CPU ms/step (first/median/max/last)",
                "engine CPU ms/step", "largest window, wall ms/step", "whole step, median wall ms", "coverage (centres)",
@@ -315,15 +317,29 @@ def thread_scaling(sf, atoms, sets, threads_context, repeats: int = 30) -> None:
     print()
 
 
-def long_run_windows(folder: str, every: int = 2) -> None:
-    """Per-window figures of each approximate run in ``folder`` (every ``every``-th window
-    of benchmarks/long_run.py's records): bias and engine CPU ms per step, their ratio,
-    hills, and the bias energy of the hills against the exact sum of every hill deposited."""
+#: Stillinger-Weber's cutoff for Si (a sigma = 1.8 x 2.0951 A), angstrom: its
+#: neighbours set the engine's cost (the three-body sum is over pairs of them).
+SW_CUTOFF = 3.77118
+
+
+def sw_neighbours(positions: np.ndarray, cell: np.ndarray) -> float:
+    """Mean number of neighbours per atom within Stillinger-Weber's cutoff (periodic)."""
+    from biasserver.kernels import neighbour_list
+    return len(neighbour_list(positions, cell, (True, True, True), SW_CUTOFF).first) / len(positions)
+
+
+def long_run_windows(folder: str, columns: int = 12) -> None:
+    """Per-window figures of each run in ``folder`` (at most ``columns`` evenly spaced
+    windows of benchmarks/long_run.py's records, the last included): bias and engine CPU
+    ms per step, their ratio, the mean Stillinger-Weber neighbours per atom of the
+    window's last kept frame, hills, and, for approximate runs, the bias energy of the
+    hills against the exact sum of every hill deposited."""
     for path in sorted(glob.glob(os.path.join(folder, "*.npz"))):
         name = os.path.basename(path)[:-4]
         with np.load(path) as d:
-            if name in ("reference", "exact") or "exact_energy" not in d.files:
+            if name == "reference" or "exact_energy" not in d.files:
                 continue
+            every = max(1, -(-len(d["step"]) // columns))
             idx = list(range(every - 1, len(d["step"]), every))
             if idx and idx[-1] != len(d["step"]) - 1:
                 idx.append(len(d["step"]) - 1)
@@ -331,8 +347,13 @@ def long_run_windows(folder: str, every: int = 2) -> None:
                     "bias CPU (ms/step)": [f"{d['bias_cpu_ms'][k]:.3g}" for k in idx],
                     "engine CPU (ms/step)": [f"{d['engine_cpu_ms'][k]:.3g}" for k in idx],
                     "bias / engine": [f"{d['bias_cpu_ms'][k] / d['engine_cpu_ms'][k]:.2f}" for k in idx],
-                    "hills": [str(int(d["n_hills"][k])) for k in idx],
-                    "bias energy - exact sum": [f"{d['energy'][k] / d['exact_energy'][k] - 1:+.0%}" for k in idx]}
+                    "SW neighbours per atom": [
+                        f"{sw_neighbours(d['frames'][int(d['step'][k]) // int(d['frame_every']) - 1], d['cell']):.1f}"
+                        for k in idx],
+                    "hills": [str(int(d["n_hills"][k])) for k in idx]}
+            if name != "exact":
+                rows["bias energy - exact sum"] = [f"{d['energy'][k] / d['exact_energy'][k] - 1:+.0%}"
+                                                   for k in idx]
             window = int(d["step"][0])
         print(f"Run {name}, every {every} windows of {window} steps:")
         print()
