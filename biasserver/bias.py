@@ -55,6 +55,14 @@ def _check_finite(atoms: Atoms) -> None:
         raise ValueError(f"the cell is not finite: {atoms.cell.array.tolist()}")
 
 
+def _mahalanobis2(hills: HillSet, index: int, points: np.ndarray) -> np.ndarray:
+    """q = (g - mu_s)^T A_s (g - mu_s) of hill ``index`` at every row g of ``points``."""
+    diff = points - hills.centres[index]
+    if hills.adaptive:
+        return np.einsum("sd,sd->s", diff, diff @ hills.metrics[index])
+    return hills.metrics[index] * np.einsum("sd,sd->s", diff, diff)
+
+
 class GMetaDBias:
     """Metadynamics bias in atom-centred symmetry-function space.
 
@@ -284,43 +292,72 @@ class GMetaDBias:
         an evaluation of the same hills (:meth:`step`); computed here otherwise.
         Returns (hills added, the records written, in order)."""
         added = 0
-        records = []
+        records: list[HillRecord] = []
         for group in candidates:
             e = group.element
-            coefficient = self.species[e]
             hills = self.hills[e]
-            values = group.centres
-            heights = np.full(len(values), self.height)
-            merging = self.compression is not None or self.max_hills is not None
+            heights = np.full(len(group.centres), self.height)
             near_index = near_q = None
             if len(hills) and self._needs_nearest():
-                felt, near_index, near_q = nearest[e] if nearest and e in nearest else hills.nearest(values)
+                felt, near_index, near_q = nearest[e] if nearest and e in nearest else hills.nearest(group.centres)
                 if self.well_tempered is not None:
-                    heights = self.height * np.exp(-coefficient * felt / (KB * self.well_tempered))
-            metrics = group.metrics
-            touched: list[int] = []     # hills added or merged in this deposition
-            for c in range(len(values)):
-                if metrics[c] is None:
-                    log.warning("step %d: %s atom %d has no neighbour within the cutoff; no hill for it",
-                                self.step_count, e, int(group.atoms[c]))
-                    continue
-                index = None
-                if merging:
-                    index = self._merge_target(hills, values[c], near_index[c] if near_index is not None else -1,
-                                               near_q[c] if near_q is not None else np.inf, touched)
-                if index is None:
-                    index = hills.add(values[c], heights[c], metrics[c], self.step_count)
-                    added += 1
-                else:
-                    hills.merge_into(index, values[c], heights[c], metrics[c], self.step_count,
-                                     None if group.covariances is None else group.covariances[c])
-                if index not in touched:
-                    touched.append(index)
-                records.append(HillRecord(index, self.step_count, e, float(hills.heights[index]),
-                                          hills.centres[index].copy(), hills.metrics[index].copy()))
+                    heights = self.height * np.exp(-self.species[e] * felt / (KB * self.well_tempered))
+            with hills.deposition():
+                added += self._apply_group(group, hills, heights, near_index, near_q, records)
         if self._writer is not None:
             self._writer.append(records)
         return added, records
+
+    def _apply_group(self, group: HillCandidates, hills: HillSet, heights: np.ndarray,
+                     near_index: np.ndarray | None, near_q: np.ndarray | None,
+                     records: list[HillRecord]) -> int:
+        """Add or merge the candidates of one group one after the other (the rule:
+        :meth:`_merge_target`); append their records; return the number of hills
+        added. ``near_index``, ``near_q``: each candidate's nearest hill before the
+        deposition and its q (None: no hills yet).
+
+        The q of the later candidates against a hill added or merged here is
+        computed once per change of that hill, for all of them at once (the table
+        ``touched_q``), instead of against every such hill again for every candidate."""
+        e, values, metrics = group.element, group.centres, group.metrics
+        n, added = len(values), 0
+        merging = self.compression is not None or self.max_hills is not None
+        touched: list[int] = []      # hills added or merged in this deposition, in that order
+        column: dict[int, int] = {}  # hill -> its position in touched
+        # q of every candidate (row) against each touched hill (column) as that hill is now
+        touched_q = np.full((n, n), np.inf) if merging else None
+        for c in range(n):
+            if metrics[c] is None:
+                log.warning("step %d: %s atom %d has no neighbour within the cutoff; no hill for it",
+                            self.step_count, e, int(group.atoms[c]))
+                continue
+            index = None
+            if merging:
+                best, best_q = -1, np.inf
+                if near_index is not None and near_index[c] >= 0 and int(near_index[c]) not in column:
+                    best, best_q = int(near_index[c]), float(near_q[c])
+                if touched:
+                    row = touched_q[c, : len(touched)]
+                    k = int(np.argmin(row))
+                    if row[k] < best_q or (row[k] == best_q and touched[k] < best):
+                        best, best_q = touched[k], float(row[k])
+                index = self._merge_choice(hills, values[c], best, best_q)
+            if index is None:
+                index = hills.add(values[c], heights[c], metrics[c], self.step_count)
+                if group.covariances is not None:
+                    hills.remember_covariance(index, group.covariances[c])
+                added += 1
+            else:
+                hills.merge_into(index, values[c], heights[c], metrics[c], self.step_count,
+                                 None if group.covariances is None else group.covariances[c])
+            if index not in column:
+                column[index] = len(touched)
+                touched.append(index)
+            if merging and c + 1 < n:
+                touched_q[c + 1:, column[index]] = _mahalanobis2(hills, index, values[c + 1:])
+            records.append(HillRecord(index, self.step_count, e, float(hills.heights[index]),
+                                      hills.centres[index].copy(), hills.metrics[index].copy()))
+        return added
 
     def apply_records(self, records: Sequence[HillRecord], where: str = "hill records") -> None:
         """Replay hill records (new hills and merges, as a hills file holds them):
@@ -337,26 +374,26 @@ class GMetaDBias:
 
     def _metrics(self, desc: Descriptors, element: str):
         """Inverse covariances A of hills deposited at every centre of ``element``
-        and, for adaptive hills, the covariances S = A^-1; None for a
-        centre without neighbours. One batched eigendecomposition serves both:
-        S = V (lambda + floor) V^T and A = V (lambda + floor)^-1 V^T, where sigma^2 J J^T
-        = V lambda V^T (negative round-off eigenvalues clipped to 0)."""
+        and, for adaptive hills, the covariances S = A^-1; None for a centre without
+        neighbours. S = sigma^2 J J^T + floor I with floor = reg * lambda_max (the
+        largest eigenvalue of sigma^2 J J^T, from one batched eigvalsh), A = S^-1
+        (one batched inversion). An eigenvalue of J J^T below zero by round-off
+        stays in S (it is of order eps lambda_max, floor = reg lambda_max)."""
         n = len(desc.indices[element])
         if self.covariance == "isotropic":
             return [1.0 / self.width**2] * n, None
         jjt = desc.jacobian_products(element, images=self.jacobian == "images")
         cov = self.width**2 * jjt
-        eigval, eigvec = np.linalg.eigh(0.5 * (cov + cov.transpose(0, 2, 1)))
-        floor = self.regularization * np.maximum(eigval[:, -1], 0.0)
+        cov = 0.5 * (cov + cov.transpose(0, 2, 1))
+        floor = self.regularization * np.maximum(np.linalg.eigvalsh(cov)[:, -1], 0.0)
         isolated = floor <= 0    # G does not depend on the positions: an isolated atom
-        eigval = np.maximum(eigval, 0.0) + floor[:, None]
-        eigval[isolated] = 1.0   # placeholders, not used
-        metric = (eigvec / eigval[:, None, :]) @ eigvec.transpose(0, 2, 1)
+        diagonal = np.arange(cov.shape[1])
+        cov[:, diagonal, diagonal] += floor[:, None]
+        cov[isolated] = np.eye(cov.shape[1])   # placeholders, not used
+        metric = np.linalg.inv(cov)
         metric = 0.5 * (metric + metric.transpose(0, 2, 1))
-        covariance = (eigvec * eigval[:, None, :]) @ eigvec.transpose(0, 2, 1)
-        covariance = 0.5 * (covariance + covariance.transpose(0, 2, 1))
         metrics = [None if isolated[c] else metric[c] for c in range(n)]
-        covariances = [None if isolated[c] else covariance[c] for c in range(n)]
+        covariances = [None if isolated[c] else cov[c] for c in range(n)]
         return metrics, covariances
 
     def _merge_target(self, hills: HillSet, centre: np.ndarray, nearest: int = -1,
@@ -366,24 +403,29 @@ class GMetaDBias:
         Candidates: ``nearest`` (the hill of smallest q before this deposition, from
         the kernel; -1 when every hill was pruned, all q > q_cut) with ``nearest_q``,
         and the ``touched`` hills (added or merged earlier in this deposition), whose
-        q is computed here. Merge when the best q is below compression^2, or always
-        once the element holds max_hills hills."""
+        q is computed here; the smallest q wins, ties go to the first touched hill
+        and then to the lower index. Merge when the best q is below compression^2,
+        or always once the element holds max_hills hills (:meth:`_merge_choice`)."""
         if len(hills) == 0 or (self.compression is None and self.max_hills is None):
             return None
         best, best_q = (int(nearest), float(nearest_q)) if nearest >= 0 and nearest not in touched \
             else (-1, np.inf)
         if len(touched):
             idx = np.asarray(touched, dtype=np.int64)
-            diff = centre[None, :] - hills.centres[idx]
-            if hills.adaptive:
-                q = np.einsum("sd,sd->s", diff, np.matmul(hills.metrics[idx], diff[:, :, None])[:, :, 0])
-            else:
-                q = hills.metrics[idx] * np.einsum("sd,sd->s", diff, diff)
+            q = np.array([_mahalanobis2(hills, int(s), centre[None, :])[0] for s in idx])
             k = int(np.argmin(q))
             if q[k] < best_q or (q[k] == best_q and idx[k] < best):
                 best, best_q = int(idx[k]), float(q[k])
+        return self._merge_choice(hills, centre, best, best_q)
+
+    def _merge_choice(self, hills: HillSet, centre: np.ndarray, best: int, best_q: float) -> int | None:
+        """Given the best hill ``best`` (-1: none) and its q among the candidates of
+        :meth:`_merge_target`: the hill to merge into, or None to add the new hill.
+        When that hill may not be the nearest of all (the kernel prunes hills with
+        q > q_cut) and a merge could follow, every hill is searched."""
+        if len(hills) == 0 or (self.compression is None and self.max_hills is None):
+            return None
         capped = self.max_hills is not None and len(hills) >= self.max_hills
-        # the kernel prunes hills with q > q_cut: search them all when they may matter
         far = best < 0 or best_q > hills.q_cut or hills.q_cut <= 0
         if far and (capped or (self.compression is not None and self.compression**2 > hills.q_cut)):
             q = hills.mahalanobis2(centre)

@@ -22,7 +22,12 @@ one that wrote it.
 """
 from __future__ import annotations
 
+import contextlib
+import math
+from typing import Iterator
+
 import numpy as np
+from scipy.linalg import lapack
 
 from . import kernels
 
@@ -48,6 +53,34 @@ def metric_lower_bounds(metrics: np.ndarray) -> np.ndarray:
     smallest = np.linalg.eigvalsh(metrics)[:, 0]
     # eigvalsh is accurate to ~eps * |A|; step down by more than that
     return np.maximum(0.0, smallest - 1e-12 * np.abs(metrics).max(axis=(1, 2)))
+
+
+def spd_inverse(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric positive-definite (D, D) matrix through its
+    Cholesky factor (LAPACK dpotrf and dpotri on its lower triangle), returned
+    exactly symmetric; a general (LU) inverse, symmetrised, when the Cholesky
+    factorisation fails. For the 26 x 26 hill metrics this is half the time of
+    ``np.linalg.inv`` (fewer flops, one call per LAPACK routine, no error-state
+    setup)."""
+    factor, info = lapack.dpotrf(matrix, lower=True, clean=False)
+    if info == 0:
+        inverse, info = lapack.dpotri(factor, lower=True, overwrite_c=True)
+    if info != 0:
+        inverse = np.linalg.inv(matrix)
+        return 0.5 * (inverse + inverse.T)
+    np.copyto(inverse, inverse.T, where=_strict_upper(len(inverse)))
+    return inverse
+
+
+_UPPER: dict[int, np.ndarray] = {}
+
+
+def _strict_upper(n: int) -> np.ndarray:
+    """Boolean mask of the strict upper triangle of an (n, n) matrix (cached)."""
+    mask = _UPPER.get(n)
+    if mask is None:
+        mask = _UPPER[n] = np.triu(np.ones((n, n), dtype=bool), 1)
+    return mask
 
 
 def kd_leaves(points: np.ndarray, leaf_size: int) -> list[np.ndarray]:
@@ -236,6 +269,9 @@ class HillSet:
         self._tree = BlockTree(self.dimension) if self.q_cut > 0 else None
         #: hills whose eigenvalue bound is not computed yet (see :meth:`_update_bounds`)
         self._stale: list[int] = []
+        #: inside :meth:`deposition`: hill -> its covariance, for the hills merged or
+        #: added in the block (None outside)
+        self._covariances: dict[int, np.ndarray] | None = None
 
     # -- storage ------------------------------------------------------------
     def __len__(self) -> int:
@@ -294,13 +330,15 @@ class HillSet:
         if metric.shape != ((self.dimension, self.dimension) if self.adaptive else ()):
             raise ValueError(f"hill metric has shape {metric.shape} for a "
                              f"{'adaptive' if self.adaptive else 'isotropic'} hill of dimension {self.dimension}")
-        if not (np.isfinite(height) and np.all(np.isfinite(centre)) and np.all(np.isfinite(metric))):
+        if not (np.isfinite(height) and np.isfinite(centre).all() and np.isfinite(metric).all()):
             raise ValueError("hill height, centre and metric must be finite")
         self._centres[index] = centre
         self._heights[index] = height
         self._metrics[index] = metric
         self._stale.append(index)
         self._steps[index] = step
+        if self._covariances is not None:
+            self._covariances.pop(index, None)      # its metric changed
 
     def _update_bounds(self) -> None:
         """Eigenvalue bounds of the hills added or changed since the last call (one
@@ -367,6 +405,30 @@ class HillSet:
                                   self._min_eig[: self._n])
 
     # -- merging ------------------------------------------------------------
+    @contextlib.contextmanager
+    def deposition(self) -> Iterator[None]:
+        """The scope of one deposition's merges. Inside it :meth:`merge_into`
+        remembers the covariance S = A^-1 it formed for each hill it merges (and
+        :meth:`remember_covariance` that of a hill just added), so that a later
+        merge into the same hill in the same deposition starts from S instead of
+        inverting the hill's metric again (in a capped long run the 64 hills of a
+        deposition merge into a handful of hills). S equals the inverse of the
+        stored metric to round-off, not bit for bit, and is not in the hills file:
+        it is forgotten at the end of the block, so a set loaded from its hills
+        file merges the next deposition exactly as the set that wrote it. Any other
+        change of a hill (:meth:`replace`) forgets its covariance."""
+        self._covariances = {}
+        try:
+            yield
+        finally:
+            self._covariances = None
+
+    def remember_covariance(self, index: int, covariance: np.ndarray) -> None:
+        """Inside :meth:`deposition`: hill ``index``'s covariance (the inverse of its
+        metric), for a later merge into it in the same deposition; ignored outside."""
+        if self._covariances is not None and self.adaptive:
+            self._covariances[index] = covariance
+
     def merge_into(self, index: int, centre: np.ndarray, height: float, metric, step: int,
                    covariance: np.ndarray | None = None) -> None:
         """Merge a new hill into hill ``index``: moment matching for the shape (as OPES
@@ -382,28 +444,36 @@ class HillSet:
         run, the capped bias's energy error halved (+69 % -> +31 % at 1000 hills
         without compression) against the plain sum h0 + h1 of earlier versions.
         ``covariance``: the new hill's covariance (the inverse of ``metric``) when
-        the caller has it (spares one inversion).
+        the caller has it (spares one inversion); inside :meth:`deposition`, hill
+        ``index``'s own covariance comes from an earlier merge or add of the same
+        deposition when there was one. Inversions go through Cholesky factors
+        (:func:`spd_inverse`); the merged metric is exactly symmetric.
         """
-        h0, h1 = float(self.heights[index]), float(height)
-        mu0, mu1 = self.centres[index].copy(), np.asarray(centre, dtype=np.float64)
-        h = h0 + h1
-        mu = (h0 * mu0 + h1 * mu1) / h
-        d = mu0 - mu1
-        d0, d1 = -(h1 / h) * d, (h0 / h) * d       # mu - mu0, mu - mu1
+        h0, h1 = float(self._heights[index]), float(height)
+        w0, w1 = h0 / (h0 + h1), h1 / (h0 + h1)
+        mu1 = np.asarray(centre, dtype=np.float64)
+        d = self._centres[index] - mu1
+        mu = mu1 + w0 * d                          # mu - mu0 = -w1 d, mu - mu1 = w0 d
         if self.adaptive:
-            metric0 = self.metrics[index]
-            metric1 = np.asarray(metric, dtype=np.float64)
-            q0, q1 = float(d0 @ metric0 @ d0), float(d1 @ metric1 @ d1)
-            cov0 = np.linalg.inv(metric0)
-            cov1 = np.linalg.inv(metric1) if covariance is None else covariance
-            # (h0 (S0 + mu0 mu0^T) + h1 (S1 + mu1 mu1^T)) / h - mu mu^T, without cancellation
-            cov = (h0 * cov0 + h1 * cov1) / h + (h0 * h1 / h**2) * np.outer(d, d)
-            new_metric = np.linalg.inv(0.5 * (cov + cov.T))
-            new_metric = 0.5 * (new_metric + new_metric.T)
+            q0 = w1 * w1 * float(d @ self._metrics[index] @ d)
+            q1 = w0 * w0 * float(d @ np.asarray(metric, dtype=np.float64) @ d)
+            cov1 = spd_inverse(metric) if covariance is None else covariance
+            # w0 (S0 + mu0 mu0^T) + w1 (S1 + mu1 mu1^T) - mu mu^T = w0 S0 + w1 S1 + w0 w1 d d^T
+            # (no cancellation), with S0 = A0^-1 remembered from an earlier merge of this
+            # deposition or inverted now; exactly symmetric as S0 and S1 are
+            cov = None if self._covariances is None else self._covariances.pop(index, None)
+            cov = (spd_inverse(self._metrics[index]) if cov is None else cov) * w0
+            cov += w1 * cov1
+            spread = math.sqrt(w0 * w1) * d
+            cov += np.multiply.outer(spread, spread)
+            new_metric = spd_inverse(cov)
         else:
-            metric0, metric1 = float(self.metrics[index]), float(metric)
-            q0, q1 = metric0 * float(d0 @ d0), metric1 * float(d1 @ d1)
-            var = (h0 / metric0 + h1 / metric1) / h + h0 * h1 / h**2 * float(d @ d) / self.dimension
+            metric0, metric1 = float(self._metrics[index]), float(metric)
+            dd = float(d @ d)
+            q0, q1 = w1 * w1 * metric0 * dd, w0 * w0 * metric1 * dd
+            var = w0 / metric0 + w1 / metric1 + w0 * w1 * dd / self.dimension
             new_metric = 1.0 / var
-        merged_height = h0 * np.exp(-0.5 * q0) + h1 * np.exp(-0.5 * q1)
+        merged_height = h0 * math.exp(-0.5 * q0) + h1 * math.exp(-0.5 * q1)
         self.replace(index, mu, merged_height, new_metric, step)
+        if self.adaptive:
+            self.remember_covariance(index, cov)

@@ -183,9 +183,11 @@ class Descriptors:
         column_owner = keys // width
         first = np.searchsorted(column_owner, np.arange(n))
         slot = np.arange(len(keys)) - first[column_owner]
-        stacked = np.zeros((n, int(slot.max()) + 1, n_functions, 3))
-        stacked[column_owner, slot] = columns.reshape(-1, n_functions, 3)
-        jac = stacked.transpose(0, 2, 1, 3).reshape(n, n_functions, -1)
+        # J laid out (centre, function, column, xyz) from the start: the (F, 3 x columns)
+        # matrices are views, not a transposed copy
+        stacked = np.zeros((n, n_functions, int(slot.max()) + 1, 3))
+        stacked[column_owner, :, slot] = columns.reshape(-1, n_functions, 3)
+        jac = stacked.reshape(n, n_functions, -1)
         return jac @ jac.transpose(0, 2, 1)
 
     def strain_derivatives(self, element: str) -> np.ndarray:

@@ -1,5 +1,7 @@
 """GMetaDBias: forces and virial against finite differences, deposition semantics,
 well-tempering, compression, pruning, walls and the hills file."""
+import contextlib
+
 import numpy as np
 import pytest
 from ase import Atom
@@ -329,3 +331,127 @@ def test_isolated_atom_gets_no_adaptive_hill(caplog):
     with caplog.at_level("WARNING", logger="gmetad.bias"):
         assert bias.deposit(atoms) == 1                 # the other H still deposits
     assert "H atom 13 has no neighbour within the cutoff" in caplog.text
+
+
+def test_adaptive_metrics_equal_their_eigendecomposition():
+    """S = V (max(lambda, 0) + floor) V^T and A = S^-1 from sigma^2 J J^T = V lambda V^T,
+    floor = reg * lambda_max (the definition), against the batched eigvalsh and
+    inversion the bias uses. A inverts a matrix of condition number up to 1/reg, so
+    two inversions agree to about eps / reg of its largest entry."""
+    atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat(2)
+    atoms.rattle(0.15, seed=3)
+    sf = SymmetryFunctions.default(["Si"])
+    bias = GMetaDBias(sf, height=0.01, width=0.7, stride=1, species={"Si": 1.0})
+    desc = bias._descriptors(atoms)
+    metrics, covariances = bias._metrics(desc, "Si")
+    cov = 0.7**2 * desc.jacobian_products("Si")
+    eigval, eigvec = np.linalg.eigh(0.5 * (cov + cov.transpose(0, 2, 1)))
+    eigval = np.maximum(eigval, 0.0) + bias.regularization * eigval[:, -1:]
+    s_ref = (eigvec * eigval[:, None, :]) @ eigvec.transpose(0, 2, 1)
+    a_ref = (eigvec / eigval[:, None, :]) @ eigvec.transpose(0, 2, 1)
+    tolerance = 10 * np.finfo(float).eps / bias.regularization
+    for c in range(len(atoms)):
+        assert np.array_equal(metrics[c], metrics[c].T)
+        assert np.abs(covariances[c] - s_ref[c]).max() <= 1e-13 * np.abs(s_ref[c]).max()
+        assert np.abs(metrics[c] - a_ref[c]).max() <= tolerance * np.abs(a_ref[c]).max()
+
+
+def moment_matched(h0, mu0, a0, h1, mu1, a1):
+    """Reference merge (HillSet.merge_into's definition, with numpy's LU inverses)."""
+    h = h0 + h1
+    mu = (h0 * mu0 + h1 * mu1) / h
+    s0, s1 = np.linalg.inv(a0), np.linalg.inv(a1)
+    cov = (h0 * (s0 + np.outer(mu0, mu0)) + h1 * (s1 + np.outer(mu1, mu1))) / h - np.outer(mu, mu)
+    height = h0 * np.exp(-0.5 * (mu - mu0) @ a0 @ (mu - mu0)) + h1 * np.exp(-0.5 * (mu - mu1) @ a1 @ (mu - mu1))
+    return mu, height, np.linalg.inv(cov)
+
+
+def random_metric(rng, dim, condition):
+    q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    return (q * np.geomspace(1.0, condition, dim)) @ q.T
+
+
+def test_merges_equal_moment_matching_and_remember_covariances_within_a_deposition():
+    """Chains of merges into one hill, inside HillSet.deposition() (each merge starts
+    from the covariance the previous one formed) and outside it (each inverts the
+    stored metric), against the definition with numpy's inverses: equal to eps times
+    the condition number (1e3 here) of the largest entry; and the remembered
+    covariances are forgotten after the block."""
+    rng = np.random.default_rng(4)
+    dim, condition = 8, 1e3
+    start = (rng.normal(size=dim), 0.002, random_metric(rng, dim, condition))
+    new = [(rng.normal(scale=0.3, size=dim), 0.001, random_metric(rng, dim, condition)) for _ in range(6)]
+    mu, h, a = start[0], start[1], start[2]
+    for centre, height, metric in new:
+        mu, h, a = moment_matched(h, mu, a, height, centre, metric)
+    tolerance = 50 * np.finfo(float).eps * condition
+    for inside in (True, False):
+        hills = HillSet(dim, adaptive=True, prune_tolerance=0)
+        hills.add(start[0], start[1], start[2], 0)
+        with hills.deposition() if inside else contextlib.nullcontext():
+            for step, (centre, height, metric) in enumerate(new, 1):
+                hills.merge_into(0, centre, height, metric, step, np.linalg.inv(metric))
+            assert (len(hills._covariances) == 1) if inside else hills._covariances is None
+        assert hills._covariances is None
+        assert np.abs(hills.centres[0] - mu).max() <= 1e-15 * np.abs(mu).max()
+        assert hills.heights[0] == pytest.approx(h, rel=1e-14)
+        assert np.array_equal(hills.metrics[0], hills.metrics[0].T)
+        assert np.abs(hills.metrics[0] - a).max() <= tolerance * np.abs(a).max()
+
+
+def deposit_one_at_a_time(bias, frame):
+    """The deposition rule spelled out (the code before the q table and the remembered
+    covariances): per candidate, GMetaDBias._merge_target over the kernel's nearest hill
+    and every hill touched so far, then the reference merge. Returns the record ids."""
+    hills = bias.hills["Si"]
+    desc = bias._descriptors(frame)
+    (candidates,) = bias._candidates(desc)
+    _, near, near_q = hills.nearest(candidates.centres)
+    touched, ids = [], []
+    for c, centre in enumerate(candidates.centres):
+        index = bias._merge_target(hills, centre, int(near[c]), float(near_q[c]), touched)
+        if index is None:
+            index = hills.add(centre, bias.height, candidates.metrics[c], bias.step_count)
+        else:
+            merged = moment_matched(hills.heights[index], hills.centres[index], hills.metrics[index],
+                                    bias.height, centre, candidates.metrics[c])
+            m = merged[2]
+            hills.replace(index, merged[0], merged[1], 0.5 * (m + m.T), bias.step_count)
+        if index not in touched:
+            touched.append(index)
+        ids.append(index)
+    return ids
+
+
+@pytest.mark.parametrize("compression, max_hills", [(0.3, 120), (None, 100), (0.5, None)])
+def test_deposition_equals_the_rule_one_candidate_at_a_time(compression, max_hills):
+    """GMetaDBias.apply_candidates (q table, Cholesky inversions, covariances remembered
+    within a deposition) against the rule spelled out: the same merge targets and
+    additions, hills equal to round-off (metrics to eps / reg of the largest entry,
+    reg = 1e-4 bounding the hills' condition number)."""
+    sf = SymmetryFunctions.default(["Si"])
+    atoms = bulk("Si", "diamond", 5.431, cubic=True).repeat(2)
+    rng = np.random.default_rng(6)
+    frames = []
+    for _ in range(5):
+        frame = atoms.copy()
+        frame.positions += rng.normal(0.0, 0.3, frame.positions.shape)
+        frames.append(frame)
+    biases = [GMetaDBias(sf, height=1e-3, width=1.0, stride=20, species={"Si": 1.0},
+                         compression=compression, max_hills=max_hills) for _ in range(2)]
+    fast, rule = biases
+    remerged = 0
+    for k, frame in enumerate(frames):
+        for bias in biases:
+            bias.step_count = 20 * (k + 1)
+        _, records = fast.apply_candidates(fast._candidates(fast._descriptors(frame)))
+        ids = deposit_one_at_a_time(rule, frame)
+        assert [r.id for r in records] == ids
+        remerged += len(ids) - len(set(ids))
+    assert remerged > 20          # hills merged into again within a deposition
+    a, b = fast.hills["Si"], rule.hills["Si"]
+    assert len(a) == len(b) and np.array_equal(a.steps, b.steps)
+    assert np.abs(a.centres - b.centres).max() <= 1e-13 * np.abs(b.centres).max()
+    assert np.abs(a.heights - b.heights).max() <= 1e-13 * np.abs(b.heights).max()
+    tolerance = 10 * np.finfo(float).eps / fast.regularization
+    assert np.abs(a.metrics - b.metrics).max() <= tolerance * np.abs(b.metrics).max()
