@@ -455,3 +455,18 @@ def test_deposition_equals_the_rule_one_candidate_at_a_time(compression, max_hil
     assert np.abs(a.heights - b.heights).max() <= 1e-13 * np.abs(b.heights).max()
     tolerance = 10 * np.finfo(float).eps / fast.regularization
     assert np.abs(a.metrics - b.metrics).max() <= tolerance * np.abs(b.metrics).max()
+
+
+def test_isotropic_merge_equals_moment_matching_of_the_variance():
+    """Isotropic hills: the merged 1/sigma^2 is the inverse of the mean variance per
+    dimension of the moment-matched covariance; centre and height as for adaptive hills."""
+    rng = np.random.default_rng(8)
+    dim = 6
+    hills = HillSet(dim, adaptive=False, prune_tolerance=0)
+    mu0, mu1, h0, h1, m0, m1 = rng.normal(size=dim), rng.normal(size=dim), 0.003, 0.001, 2.0, 0.5
+    hills.add(mu0, h0, m0, 0)
+    hills.merge_into(0, mu1, h1, m1, 1)
+    mu, height, metric = moment_matched(h0, mu0, m0 * np.eye(dim), h1, mu1, m1 * np.eye(dim))
+    assert np.abs(hills.centres[0] - mu).max() <= 1e-15 * np.abs(mu).max()
+    assert hills.heights[0] == pytest.approx(height, rel=1e-14)
+    assert hills.metrics[0] == pytest.approx(dim / np.trace(np.linalg.inv(metric)), rel=1e-14)
