@@ -63,8 +63,7 @@ class Coverage:
             x = (np.asarray(g, dtype=float) - self.mean[e]) / self.scale[e]
             centres = self.centres[e]
             if len(centres):
-                d2 = ((x[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).min(axis=1)
-                x = x[d2 > r2]
+                x = x[_farther_than(x, centres, r2)]
             added = []
             for point in x:   # the few not covered yet: greedy among themselves
                 if not added or min(((point - c) ** 2).sum() for c in added) > r2:
@@ -89,6 +88,34 @@ def environments(frames: Iterable[Atoms], symmetry_functions: SymmetryFunctions)
             stacks[e].append(g)
     return {e: np.concatenate(v) if v else np.empty((0, symmetry_functions.size(e)))
             for e, v in stacks.items()}
+
+
+#: centres per block of the distance screening (bounds its temporaries: rows x 32768 doubles)
+_BLOCK = 32768
+
+
+def _farther_than(x: np.ndarray, centres: np.ndarray, r2: float) -> np.ndarray:
+    """(n,) whether each row of x lies farther than sqrt(r2) from every centre, decided
+    as the direct sum of squared differences decides it.
+
+    The distances are screened as |x|^2 + |c|^2 - 2 x.c (one matrix product per block
+    of centres, where the direct form would build an (n, C, D) array); the rounding of
+    both forms is far below ``margin``, and rows whose screened distance lies within
+    ``margin`` of r2 are decided by the direct sum, so the result does not depend on
+    the screening."""
+    x2 = np.einsum("ij,ij->i", x, x)
+    lowest = np.full(len(x), np.inf)
+    largest_c2 = 0.0
+    for start in range(0, len(centres), _BLOCK):
+        c = centres[start:start + _BLOCK]
+        c2 = np.einsum("ij,ij->i", c, c)
+        largest_c2 = max(largest_c2, float(c2.max()))
+        np.minimum(lowest, (x2[:, None] + c2[None, :] - 2.0 * (x @ c.T)).min(axis=1), out=lowest)
+    margin = 1e-9 * (x2 + largest_c2 + r2)
+    farther = lowest > r2
+    for i in np.flatnonzero(np.abs(lowest - r2) <= margin):
+        farther[i] = ((x[i] - centres) ** 2).sum(axis=1).min() > r2
+    return farther
 
 
 def coverage_curve(frames: Iterable[Atoms], symmetry_functions: SymmetryFunctions, reference: Coverage) -> np.ndarray:

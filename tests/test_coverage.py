@@ -50,3 +50,30 @@ def test_larger_displacements_cover_more_environments():
     hot = coverage_curve(frames(0.25), sf, reference)
     assert np.all(np.diff(cold) >= 0) and np.all(np.diff(hot) >= 0)
     assert hot[-1] > 2 * cold[-1] > 0
+
+
+def test_screened_distances_decide_as_the_direct_sum():
+    """Coverage's matrix-product screening of distances decides every point as the
+    direct sum of squared differences does, also for points exactly on the radius and
+    within round-off of it, far from the origin and with more centres than one block."""
+    from biasserver import coverage as cov
+
+    rng = np.random.default_rng(7)
+    dim = 26
+    centres = rng.normal(0.0, 3.0, (700, dim)) + 40.0        # far from the origin: |c|^2 ~ 4e4
+    direction = rng.normal(size=(300, dim))
+    direction /= np.linalg.norm(direction, axis=1)[:, None]
+    radius = rng.uniform(0.5, 1.5, 300)
+    radius[:100] = 1.0                                          # exactly on the radius
+    radius[100:200] = 1.0 + rng.choice([-1, 1], 100) * rng.uniform(0, 1e-13, 100)
+    points = centres[rng.integers(0, len(centres), 300)] + radius[:, None] * direction
+    points = np.vstack([points, rng.normal(0.0, 3.0, (200, dim)) + 40.0])
+    direct = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).min(axis=1) > 1.0
+    saved = cov._BLOCK
+    try:
+        for block in (saved, 64):                               # one block, and 11 blocks
+            cov._BLOCK = block
+            assert np.array_equal(cov._farther_than(points, centres, 1.0), direct)
+    finally:
+        cov._BLOCK = saved
+    assert 0 < direct.sum() < len(direct)
