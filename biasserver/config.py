@@ -24,14 +24,15 @@ to the YAML file)::
                                    # its nearest (merged height: the two hills' value at
                                    # the merged centre), so the cost per step stops growing.
                                    # Long runs: 1000 with compression 0.3. Measured on Si64
-                                   # SW, 500 K, 8500 steps: cost flat from the cap on (step
-                                   # 2000), 0.10-0.20 of the SW engine's time per step against
-                                   # 0.34-1.2 for the exact sum, growing; coverage that of
-                                   # the exact run (-0.1 %); what it costs: the bias energy
-                                   # is above the exact sum by 8 % at the cap and 16-38 %
-                                   # after 4000 steps (max_hills alone: up to 42 %).
-                                   # Bias of 64 atoms on one core: 7-10 ms/step under load,
-                                   # above 5 ms (benchmarks/README.md)
+                                   # SW, 500 K, 50 000 steps: cost flat from the cap on;
+                                   # coverage within 1.1 % of the exact run's (13 000 steps)
+                                   # and within 0.5 % of compression alone at 50 000; what it
+                                   # costs: the bias energy is above the exact sum by 20-90 %
+                                   # (it grows with the run; compression 0.3 alone: 4-9 %,
+                                   # but 13 000 hills and growing). 300 explored as much with
+                                   # an error of the same size (up to 85 %) at 0.6x the cost.
+                                   # Bias of 64 atoms, one core, quiet machine: 9.6 ms per
+                                   # MD step at 1000 hills, 5.7 at 300 (benchmarks/README.md)
       walls: []                    # [{kind: height, ...}, {kind: distance, ...}]
       hills_file: HILLS
       restart: true                # continue from hills_file when it exists
