@@ -63,6 +63,20 @@ def _mahalanobis2(hills: HillSet, index: int, points: np.ndarray) -> np.ndarray:
     return hills.metrics[index] * np.einsum("sd,sd->s", diff, diff)
 
 
+def _best_hill(nearest: int, nearest_q: float, touched: Sequence[int], q: np.ndarray) -> tuple[int, float]:
+    """The merge candidate of smallest q and that q: the kernel's ``nearest`` hill
+    before the deposition (-1: none) with ``nearest_q``, unless it was touched since,
+    and the ``touched`` hills (added or merged earlier in the deposition) with their
+    current q ``q``; ties go to the first touched hill and then to the lower index.
+    (-1, inf) when there is none."""
+    best, best_q = (nearest, nearest_q) if nearest >= 0 and nearest not in touched else (-1, np.inf)
+    if len(touched):
+        k = int(np.argmin(q))
+        if q[k] < best_q or (q[k] == best_q and touched[k] < best):
+            best, best_q = int(touched[k]), float(q[k])
+    return best, best_q
+
+
 class GMetaDBias:
     """Metadynamics bias in atom-centred symmetry-function space.
 
@@ -333,14 +347,9 @@ class GMetaDBias:
                 continue
             index = None
             if merging:
-                best, best_q = -1, np.inf
-                if near_index is not None and near_index[c] >= 0 and int(near_index[c]) not in column:
-                    best, best_q = int(near_index[c]), float(near_q[c])
-                if touched:
-                    row = touched_q[c, : len(touched)]
-                    k = int(np.argmin(row))
-                    if row[k] < best_q or (row[k] == best_q and touched[k] < best):
-                        best, best_q = touched[k], float(row[k])
+                best, best_q = _best_hill(-1 if near_index is None else int(near_index[c]),
+                                          np.inf if near_q is None else float(near_q[c]),
+                                          touched, touched_q[c, : len(touched)])
                 index = self._merge_choice(hills, values[c], best, best_q)
             if index is None:
                 index = hills.add(values[c], heights[c], metrics[c], self.step_count)
@@ -408,14 +417,8 @@ class GMetaDBias:
         or always once the element holds max_hills hills (:meth:`_merge_choice`)."""
         if len(hills) == 0 or (self.compression is None and self.max_hills is None):
             return None
-        best, best_q = (int(nearest), float(nearest_q)) if nearest >= 0 and nearest not in touched \
-            else (-1, np.inf)
-        if len(touched):
-            idx = np.asarray(touched, dtype=np.int64)
-            q = np.array([_mahalanobis2(hills, int(s), centre[None, :])[0] for s in idx])
-            k = int(np.argmin(q))
-            if q[k] < best_q or (q[k] == best_q and idx[k] < best):
-                best, best_q = int(idx[k]), float(q[k])
+        q = np.array([_mahalanobis2(hills, int(s), centre[None, :])[0] for s in touched])
+        best, best_q = _best_hill(int(nearest), float(nearest_q), touched, q)
         return self._merge_choice(hills, centre, best, best_q)
 
     def _merge_choice(self, hills: HillSet, centre: np.ndarray, best: int, best_q: float) -> int | None:
