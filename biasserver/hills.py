@@ -305,6 +305,7 @@ class HillSet:
 
     def add(self, centre: np.ndarray, height: float, metric, step: int) -> int:
         """Append a hill; returns its index. metric: (D, D) or a scalar 1/sigma^2."""
+        centre, metric = self._checked(centre, height, metric)
         if self._n == len(self._heights):
             self._grow()
         s = self._n
@@ -318,11 +319,18 @@ class HillSet:
         """Overwrite hill ``index`` (used by merging and by loading a hills file)."""
         if not 0 <= index < self._n:
             raise IndexError(f"hill {index} does not exist ({self._n} hills)")
+        centre, metric = self._checked(centre, height, metric)
+        self._overwrite(index, centre, height, metric, step)
+
+    def _overwrite(self, index: int, centre: np.ndarray, height: float, metric, step: int) -> None:
+        """:meth:`replace` without its checks (for values known valid)."""
         self._store(index, centre, height, metric, step)
         if self._tree is not None:
             self._tree.mark(index)
 
-    def _store(self, index: int, centre, height: float, metric, step: int) -> None:
+    def _checked(self, centre, height: float, metric) -> tuple[np.ndarray, np.ndarray]:
+        """``centre`` and ``metric`` as float64 arrays; ValueError when a shape is wrong
+        or a value is not finite."""
         centre = np.asarray(centre, dtype=np.float64)
         if centre.shape != (self.dimension,):
             raise ValueError(f"hill centre has {centre.size} values, expected {self.dimension}")
@@ -332,6 +340,9 @@ class HillSet:
                              f"{'adaptive' if self.adaptive else 'isotropic'} hill of dimension {self.dimension}")
         if not (np.isfinite(height) and np.isfinite(centre).all() and np.isfinite(metric).all()):
             raise ValueError("hill height, centre and metric must be finite")
+        return centre, metric
+
+    def _store(self, index: int, centre: np.ndarray, height: float, metric, step: int) -> None:
         self._centres[index] = centre
         self._heights[index] = height
         self._metrics[index] = metric
@@ -446,34 +457,54 @@ class HillSet:
         ``covariance``: the new hill's covariance (the inverse of ``metric``) when
         the caller has it (spares one inversion); inside :meth:`deposition`, hill
         ``index``'s own covariance comes from an earlier merge or add of the same
-        deposition when there was one. Inversions go through Cholesky factors
-        (:func:`spd_inverse`); the merged metric is exactly symmetric.
+        deposition when there was one. Adaptive merges run in C
+        (:func:`kernels.merge_hills`: Cholesky inversions, the merged metric exactly
+        symmetric); when a matrix there is not positive definite, in numpy with
+        :func:`spd_inverse`, which then inverts by LU.
         """
+        if not 0 <= index < self._n:
+            raise IndexError(f"hill {index} does not exist ({self._n} hills)")
+        h0, h1 = float(self._heights[index]), float(height)
+        if self.adaptive:
+            cov0 = None if self._covariances is None else self._covariances.pop(index, None)
+            try:
+                mu, merged_height, new_metric, cov = kernels.merge_hills(
+                    h0, self._centres[index], self._metrics[index], cov0, h1, centre, metric, covariance)
+            except kernels.NotPositiveDefinite:
+                mu, merged_height, new_metric, cov = self._merged_numpy(index, cov0, centre, h1, metric,
+                                                                        covariance)
+                self.replace(index, mu, merged_height, new_metric, step)
+            else:       # finite (the kernel checks), of the right shapes
+                self._overwrite(index, mu, merged_height, new_metric, step)
+            self.remember_covariance(index, cov)
+            return
+        w0, w1 = h0 / (h0 + h1), h1 / (h0 + h1)
+        mu1 = np.asarray(centre, dtype=np.float64)
+        d = self._centres[index] - mu1
+        metric0, metric1 = float(self._metrics[index]), float(metric)
+        dd = float(d @ d)
+        q0, q1 = w1 * w1 * metric0 * dd, w0 * w0 * metric1 * dd
+        var = w0 / metric0 + w1 / metric1 + w0 * w1 * dd / self.dimension
+        merged_height = h0 * math.exp(-0.5 * q0) + h1 * math.exp(-0.5 * q1)
+        self.replace(index, mu1 + w0 * d, merged_height, 1.0 / var, step)   # mu - mu1 = w0 d
+
+    def _merged_numpy(self, index: int, cov0: np.ndarray | None, centre: np.ndarray, height: float,
+                      metric, covariance: np.ndarray | None):
+        """The adaptive merge of :meth:`merge_into` in numpy (for matrices that are not
+        positive definite, which :func:`spd_inverse` inverts by LU): (centre, height,
+        metric, covariance) of the merged hill."""
         h0, h1 = float(self._heights[index]), float(height)
         w0, w1 = h0 / (h0 + h1), h1 / (h0 + h1)
         mu1 = np.asarray(centre, dtype=np.float64)
         d = self._centres[index] - mu1
-        mu = mu1 + w0 * d                          # mu - mu0 = -w1 d, mu - mu1 = w0 d
-        if self.adaptive:
-            q0 = w1 * w1 * float(d @ self._metrics[index] @ d)
-            q1 = w0 * w0 * float(d @ np.asarray(metric, dtype=np.float64) @ d)
-            cov1 = spd_inverse(metric) if covariance is None else covariance
-            # w0 (S0 + mu0 mu0^T) + w1 (S1 + mu1 mu1^T) - mu mu^T = w0 S0 + w1 S1 + w0 w1 d d^T
-            # (no cancellation), with S0 = A0^-1 remembered from an earlier merge of this
-            # deposition or inverted now; exactly symmetric as S0 and S1 are
-            cov = None if self._covariances is None else self._covariances.pop(index, None)
-            cov = (spd_inverse(self._metrics[index]) if cov is None else cov) * w0
-            cov += w1 * cov1
-            spread = math.sqrt(w0 * w1) * d
-            cov += np.multiply.outer(spread, spread)
-            new_metric = spd_inverse(cov)
-        else:
-            metric0, metric1 = float(self._metrics[index]), float(metric)
-            dd = float(d @ d)
-            q0, q1 = w1 * w1 * metric0 * dd, w0 * w0 * metric1 * dd
-            var = w0 / metric0 + w1 / metric1 + w0 * w1 * dd / self.dimension
-            new_metric = 1.0 / var
+        q0 = w1 * w1 * float(d @ self._metrics[index] @ d)
+        q1 = w0 * w0 * float(d @ np.asarray(metric, dtype=np.float64) @ d)
+        cov1 = spd_inverse(metric) if covariance is None else covariance
+        # w0 (S0 + mu0 mu0^T) + w1 (S1 + mu1 mu1^T) - mu mu^T = w0 S0 + w1 S1 + w0 w1 d d^T
+        # (no cancellation); exactly symmetric as S0 and S1 are
+        cov = (spd_inverse(self._metrics[index]) if cov0 is None else cov0) * w0
+        cov += w1 * cov1
+        spread = math.sqrt(w0 * w1) * d
+        cov += np.multiply.outer(spread, spread)
         merged_height = h0 * math.exp(-0.5 * q0) + h1 * math.exp(-0.5 * q1)
-        self.replace(index, mu, merged_height, new_metric, step)
-        if self.adaptive:
-            self.remember_covariance(index, cov)
+        return mu1 + w0 * d, merged_height, spd_inverse(cov), cov

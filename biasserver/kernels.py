@@ -241,4 +241,51 @@ def _isa_from_environment() -> None:
             raise ValueError(f"environment variable {ISA_VARIABLE}={name!r}: {err}") from None
 
 
+class NotPositiveDefinite(ValueError):
+    """A matrix the merge kernel inverts is not positive definite (GM_ENOTPD)."""
+
+
+def merge_hills(h0: float, mu0: np.ndarray, metric0: np.ndarray, cov0: np.ndarray | None,
+                h1: float, mu1: np.ndarray, metric1: np.ndarray, cov1: np.ndarray | None):
+    """Moment-matching merge of two adaptive hills (see gm_merge_hills in gmetad.h):
+    heights in eV, centres (D,), metrics and covariances (D, D), a covariance None
+    when the caller does not have it (the metric is then inverted in C).
+    Returns (centre (D,), height, metric (D, D), covariance (D, D)), metric and
+    covariance exactly symmetric; :class:`NotPositiveDefinite` when a matrix to
+    invert is not positive definite (or a result not finite)."""
+    mu0, mu1, metric0, metric1 = _f64(mu0), _f64(mu1), _f64(metric0), _f64(metric1)
+    cov0 = None if cov0 is None else _f64(cov0)
+    cov1 = None if cov1 is None else _f64(cov1)
+    dim = len(mu0)
+    for name, a, shape in (("centre 1", mu1, (dim,)), ("metric 0", metric0, (dim, dim)),
+                           ("metric 1", metric1, (dim, dim)), ("covariance 0", cov0, (dim, dim)),
+                           ("covariance 1", cov1, (dim, dim))):
+        if a is not None and a.shape != shape:
+            raise ValueError(f"hill merge: {name} has shape {a.shape}, expected {shape}")
+    mu, height = np.empty(dim), ffi.new("double *")
+    metric, covariance = np.empty((dim, dim)), np.empty((dim, dim))
+    code = lib.gm_merge_hills(
+        dim, h0, _ptr("double *", mu0), _ptr("double *", metric0),
+        _ptr("double *", cov0), h1, _ptr("double *", mu1), _ptr("double *", metric1), _ptr("double *", cov1),
+        _ptr("double *", mu), height, _ptr("double *", metric), _ptr("double *", covariance))
+    if code == lib.GM_ENOTPD:
+        raise NotPositiveDefinite("hill merge: a matrix to invert is not positive definite")
+    _check(code, "hill merge")
+    return mu, height[0], metric, covariance
+
+
+def hill_mahalanobis2(centre: np.ndarray, metric: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """q = (g - centre)^T metric (g - centre) at every row g of ``points`` (K, D)."""
+    centre, metric, points = _f64(centre), _f64(metric), _f64(points)
+    dim = len(centre)
+    if metric.shape != (dim, dim) or points.ndim != 2 or points.shape[1] != dim:
+        raise ValueError(f"Mahalanobis distances: metric {metric.shape} and points {points.shape} "
+                         f"do not match a centre of dimension {dim}")
+    q = np.empty(len(points))
+    code = lib.gm_hill_mahalanobis2(len(centre), _ptr("double *", centre), _ptr("double *", metric),
+                                    len(points), _ptr("double *", points), _ptr("double *", q))
+    _check(code, "Mahalanobis distances")
+    return q
+
+
 _isa_from_environment()

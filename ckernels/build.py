@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # through their *_avx2.c wrappers, for AVX2 + FMA; dispatch.c picks at run time.
 SOURCES = ["neighbours.c", "symmetry.c", "symmetry_avx2.c", "gaussians.c", "gaussians_avx2.c",
            "dispatch.c"]
+SOURCES += ["merges.c"]
 
 
 def _cdef_from_header(path: str) -> str:

@@ -117,4 +117,38 @@ int gm_isa_available(int isa);
 /* Number of OpenMP threads the kernels use (1 when built without OpenMP). */
 int gm_max_threads(void);
 
+/*
+ * Merge of two adaptive hills by moment matching (HillSet.merge_into):
+ * hill 0 (height h0 in eV, centre mu0, metric a0 = S0^-1) and hill 1 (h1, mu1,
+ * a1 = S1^-1), all of dimension dim; centres dimensionless, metrics and
+ * covariances dim x dim, symmetric. With w_k = h_k / (h0 + h1) and
+ * d = mu0 - mu1:
+ *   mu         = mu1 + w0 d                 (the height-weighted centre)
+ *   covariance = w0 S0 + w1 S1 + w0 w1 d d^T
+ *   metric     = covariance^-1
+ *   height     = h0 exp(-q0/2) + h1 exp(-q1/2),
+ *                q0 = w1^2 d^T a0 d, q1 = w0^2 d^T a1 d (the two hills at mu).
+ * s0, s1: the covariances when the caller has them, else NULL (then a0, a1 are
+ * inverted here). The inversions (Cholesky factor, its triangular inverse) and
+ * the sum read the upper triangles of a0, a1, s0 and s1 (the quadratic forms
+ * read all of a0 and a1); covariance and metric are written exactly
+ * symmetric. Outputs may not alias inputs.
+ * Returns GM_OK (then mu, height and metric are finite); GM_ENOTPD when a
+ * matrix to invert is not positive definite or a result is not finite, then mu
+ * and height are untouched and metric and covariance undefined; GM_EINVAL for dim <= 0 or h0 + h1 <= 0; GM_ENOMEM.
+ * Deterministic (fixed loop order; bit-identical run to run).
+ */
+#define GM_ENOTPD -4   /* a matrix to invert is not positive definite */
+int gm_merge_hills(int dim, double h0, const double *mu0, const double *a0, const double *s0,
+                   double h1, const double *mu1, const double *a1, const double *s1,
+                   double *mu, double *height, double *metric, double *covariance);
+
+/*
+ * q[p] = (g_p - centre)^T metric (g_p - centre) of one hill (metric dim x dim)
+ * at the rows g_p of points (n_points x dim). Deterministic.
+ * Returns GM_OK, GM_EINVAL (dim <= 0 or n_points < 0) or GM_ENOMEM.
+ */
+int gm_hill_mahalanobis2(int dim, const double *centre, const double *metric,
+                         int n_points, const double *points, double *q);
+
 #endif /* GMETAD_H */
