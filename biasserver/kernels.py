@@ -257,35 +257,26 @@ def merge_hills(h0: float, mu0: np.ndarray, metric0: np.ndarray, cov0: np.ndarra
     cov0 = None if cov0 is None else _f64(cov0)
     cov1 = None if cov1 is None else _f64(cov1)
     dim = len(mu0)
-    for name, a, shape in (("centre 1", mu1, (dim,)), ("metric 0", metric0, (dim, dim)),
-                           ("metric 1", metric1, (dim, dim)), ("covariance 0", cov0, (dim, dim)),
-                           ("covariance 1", cov1, (dim, dim))):
-        if a is not None and a.shape != shape:
-            raise ValueError(f"hill merge: {name} has shape {a.shape}, expected {shape}")
-    mu, height = np.empty(dim), ffi.new("double *")
-    metric, covariance = np.empty((dim, dim)), np.empty((dim, dim))
-    code = lib.gm_merge_hills(
-        dim, h0, _ptr("double *", mu0), _ptr("double *", metric0),
-        _ptr("double *", cov0), h1, _ptr("double *", mu1), _ptr("double *", metric1), _ptr("double *", cov1),
-        _ptr("double *", mu), height, _ptr("double *", metric), _ptr("double *", covariance))
+    square = (dim, dim)
+    if not (mu1.shape == (dim,) and metric0.shape == metric1.shape == square
+            and (cov0 is None or cov0.shape == square) and (cov1 is None or cov1.shape == square)):
+        raise ValueError(f"hill merge: shapes {[None if a is None else a.shape for a in (mu0, mu1, metric0, metric1, cov0, cov1)]}"
+                         " are not those of centres (D,) and metrics and covariances (D, D)")
+    # one output buffer: height, centre, metric, covariance
+    out = np.empty(1 + dim + 2 * dim * dim)
+    p = ffi.from_buffer("double[]", out)
+    code = lib.gm_merge_hills(dim, h0, _buffer(mu0), _buffer(metric0), _buffer(cov0), h1, _buffer(mu1),
+                              _buffer(metric1), _buffer(cov1), p + 1, p, p + 1 + dim, p + 1 + dim + dim * dim)
     if code == lib.GM_ENOTPD:
         raise NotPositiveDefinite("hill merge: a matrix to invert is not positive definite")
     _check(code, "hill merge")
-    return mu, height[0], metric, covariance
+    matrices = out[1 + dim:].reshape(2, dim, dim)
+    return out[1: 1 + dim], float(out[0]), matrices[0], matrices[1]
 
 
-def hill_mahalanobis2(centre: np.ndarray, metric: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """q = (g - centre)^T metric (g - centre) at every row g of ``points`` (K, D)."""
-    centre, metric, points = _f64(centre), _f64(metric), _f64(points)
-    dim = len(centre)
-    if metric.shape != (dim, dim) or points.ndim != 2 or points.shape[1] != dim:
-        raise ValueError(f"Mahalanobis distances: metric {metric.shape} and points {points.shape} "
-                         f"do not match a centre of dimension {dim}")
-    q = np.empty(len(points))
-    code = lib.gm_hill_mahalanobis2(len(centre), _ptr("double *", centre), _ptr("double *", metric),
-                                    len(points), _ptr("double *", points), _ptr("double *", q))
-    _check(code, "Mahalanobis distances")
-    return q
+def _buffer(array: np.ndarray | None):
+    """A contiguous float64 array as a C double array, or NULL (cheaper than _ptr)."""
+    return ffi.NULL if array is None else ffi.from_buffer("double[]", array)
 
 
 _isa_from_environment()

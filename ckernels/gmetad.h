@@ -143,12 +143,5 @@ int gm_merge_hills(int dim, double h0, const double *mu0, const double *a0, cons
                    double h1, const double *mu1, const double *a1, const double *s1,
                    double *mu, double *height, double *metric, double *covariance);
 
-/*
- * q[p] = (g_p - centre)^T metric (g_p - centre) of one hill (metric dim x dim)
- * at the rows g_p of points (n_points x dim). Deterministic.
- * Returns GM_OK, GM_EINVAL (dim <= 0 or n_points < 0) or GM_ENOMEM.
- */
-int gm_hill_mahalanobis2(int dim, const double *centre, const double *metric,
-                         int n_points, const double *points, double *q);
 
 #endif /* GMETAD_H */

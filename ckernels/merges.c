@@ -1,5 +1,5 @@
-/* Merging two adaptive Gaussian hills by moment matching, and the Mahalanobis
- * distances of one hill at many points. See gmetad.h for the contract.
+/* Merging two adaptive Gaussian hills by moment matching. See gmetad.h for the
+ * contract.
  *
  * Inversions: Cholesky factor A = U^T U, Y = U^-T by forward substitution,
  * then A^-1 = Y^T Y, its lower triangle mirrored so the result is exactly
@@ -12,6 +12,14 @@
 #include <string.h>
 
 #include "gmetad.h"
+
+/* y[0..m-1] += f x[0..m-1] (the rows never overlap: restrict spares the
+ * compiler's run-time overlap checks, which cost more than these short loops). */
+static inline void axpy(int m, double f, const double *restrict x, double *restrict y)
+{
+    for (int k = 0; k < m; k++)
+        y[k] += f * x[k];
+}
 
 /* Upper Cholesky factor u (A = u^T u, strict lower triangle zeroed) of the
  * symmetric n x n matrix a, of which the upper triangle is read; right-looking,
@@ -31,12 +39,8 @@ static int cholesky_upper(int n, const double *a, double *u)
         uj[j] = root;
         for (int k = j + 1; k < n; k++)
             uj[k] *= inv;
-        for (int i = j + 1; i < n; i++) {
-            double *ui = u + (size_t)i * n;
-            double f = uj[i];
-            for (int k = i; k < n; k++)
-                ui[k] -= f * uj[k];
-        }
+        for (int i = j + 1; i < n; i++)
+            axpy(n - i, -uj[i], uj + i, u + (size_t)i * n + i);
     }
     return GM_OK;
 }
@@ -49,12 +53,8 @@ static void inverse_lower(int n, const double *u, double *y)
     for (int i = 0; i < n; i++) {
         double *yi = y + (size_t)i * n;
         yi[i] = 1.0;
-        for (int k = 0; k < i; k++) {
-            const double *yk = y + (size_t)k * n;
-            double f = u[(size_t)k * n + i];
-            for (int j = 0; j <= k; j++)
-                yi[j] -= f * yk[j];
-        }
+        for (int k = 0; k < i; k++)
+            axpy(k + 1, -u[(size_t)k * n + i], y + (size_t)k * n, yi);
         double inv = 1.0 / u[(size_t)i * n + i];
         for (int j = 0; j <= i; j++)
             yi[j] *= inv;
@@ -75,12 +75,8 @@ static int spd_inverse(int n, const double *a, double *out, double *scratch)
     memset(out, 0, (size_t)n * n * sizeof(double));
     for (int k = 0; k < n; k++) {
         const double *yk = y + (size_t)k * n;
-        for (int i = 0; i <= k; i++) {
-            double *oi = out + (size_t)i * n;
-            double f = yk[i];
-            for (int j = 0; j <= i; j++)
-                oi[j] += f * yk[j];
-        }
+        for (int i = 0; i <= k; i++)
+            axpy(i + 1, yk[i], yk, out + (size_t)i * n);
     }
     for (int i = 0; i < n; i++)
         for (int j = 0; j < i; j++)
@@ -93,12 +89,8 @@ static int spd_inverse(int n, const double *a, double *out, double *scratch)
 static double quadratic_form(int n, const double *a, const double *d, double *t)
 {
     memset(t, 0, (size_t)n * sizeof(double));
-    for (int i = 0; i < n; i++) {
-        const double *ai = a + (size_t)i * n;
-        double f = d[i];
-        for (int j = 0; j < n; j++)
-            t[j] += f * ai[j];
-    }
+    for (int i = 0; i < n; i++)
+        axpy(n, d[i], a + (size_t)i * n, t);
     double q = 0.0;
     for (int j = 0; j < n; j++)
         q += t[j] * d[j];
@@ -165,22 +157,4 @@ int gm_merge_hills(int dim, double h0, const double *mu0, const double *a0, cons
     }
     free(scratch);
     return code;
-}
-
-int gm_hill_mahalanobis2(int dim, const double *centre, const double *metric,
-                         int n_points, const double *points, double *q)
-{
-    if (dim <= 0 || n_points < 0)
-        return GM_EINVAL;
-    double *d = malloc(2 * (size_t)dim * sizeof(double));
-    if (!d)
-        return GM_ENOMEM;
-    for (int p = 0; p < n_points; p++) {
-        const double *g = points + (size_t)p * dim;
-        for (int i = 0; i < dim; i++)
-            d[i] = g[i] - centre[i];
-        q[p] = quadratic_form(dim, metric, d, d + dim);
-    }
-    free(d);
-    return GM_OK;
 }
