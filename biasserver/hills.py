@@ -18,7 +18,8 @@ deposition pay one batched eigvalsh and one leaf update. Each bound depends only
 on its own hill's metric and each leaf's only on its members, and the tree is a
 deterministic function of the sequence of add() and replace() calls, so a set
 rebuilt from a hills file (which replays them) evaluates bit-identically to the
-one that wrote it.
+one that wrote it. Merging two adaptive hills (moment matching, two or three
+Cholesky inversions) runs in C as well (ckernels/merges.c).
 """
 from __future__ import annotations
 
@@ -59,9 +60,8 @@ def spd_inverse(matrix: np.ndarray) -> np.ndarray:
     """The inverse of a symmetric positive-definite (D, D) matrix through its
     Cholesky factor (LAPACK dpotrf and dpotri on its lower triangle), returned
     exactly symmetric; a general (LU) inverse, symmetrised, when the Cholesky
-    factorisation fails. For the 26 x 26 hill metrics this is half the time of
-    ``np.linalg.inv`` (fewer flops, one call per LAPACK routine, no error-state
-    setup)."""
+    factorisation fails. The numpy path of :meth:`HillSet.merge_into`, taken when
+    the C merge finds a matrix that is not positive definite."""
     factor, info = lapack.dpotrf(matrix, lower=True, clean=False)
     if info == 0:
         inverse, info = lapack.dpotri(factor, lower=True, overwrite_c=True)
