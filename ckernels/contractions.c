@@ -77,20 +77,18 @@ int gm_forces_virial(int n_centres, const long *block_offset, int n_funcs,
 }
 
 /* Scratch of one thread: J of one centre as columns, each column three
- * function vectors (x, y, z components, F doubles each); the sum of the
- * centre's blocks; the column of each atom (-1: none yet) when images fold. */
+ * function vectors (x, y, z components, F doubles each), and the column of each
+ * atom (-1: none yet) when images fold. */
 typedef struct {
     double *cols;
-    double *sum;
     int *column_of;
 } jjt_work_t;
 
 static int jjt_alloc(jjt_work_t *w, long max_blocks, int F, int n_atoms, int fold) {
     w->cols = malloc(sizeof(double) * 3 * (size_t)F * (size_t)(max_blocks + 1));
-    w->sum = malloc(sizeof(double) * 3 * (size_t)F);
     w->column_of = fold ? malloc(sizeof(int) * (size_t)(n_atoms > 0 ? n_atoms : 1)) : NULL;
-    if (!w->cols || !w->sum || (fold && !w->column_of)) {
-        free(w->cols), free(w->sum), free(w->column_of);
+    if (!w->cols || (fold && !w->column_of)) {
+        free(w->cols), free(w->column_of);
         return GM_ENOMEM;
     }
     if (fold)
@@ -98,10 +96,14 @@ static int jjt_alloc(jjt_work_t *w, long max_blocks, int F, int n_atoms, int fol
     return GM_OK;
 }
 
-/* column (x, y, z function vectors) += block (F x 3) */
-static void add_block(double *restrict column, const double *restrict block, int F) {
-    for (int k = 0; k < 3; k++)
-        for (int f = 0; f < F; f++) column[k * F + f] += block[3 * f + k];
+/* column (x, y, z function vectors) = block (F x 3), or += when add */
+static void put_block(double *restrict column, const double *restrict block, int F, int add) {
+    double *restrict x = column, *restrict y = x + F, *restrict z = y + F;
+    if (add) {
+        for (int f = 0; f < F; f++) x[f] += block[3 * f], y[f] += block[3 * f + 1], z[f] += block[3 * f + 2];
+    } else {
+        for (int f = 0; f < F; f++) x[f] = block[3 * f], y[f] = block[3 * f + 1], z[f] = block[3 * f + 2];
+    }
 }
 
 /* Lower triangle of sum over columns of x x^T + y y^T + z z^T, mirrored. */
@@ -119,30 +121,38 @@ static void gram(const double *cols, int n_cols, int F, double *restrict out) {
         for (int g = 0; g < f; g++) out[(size_t)g * F + f] = out[(size_t)f * F + g];
 }
 
-/* J of centre c as columns in w->cols; returns the number of columns. */
+/* J of one centre as columns in w->cols (the centre's first); returns their
+ * number. Without images, a pair whose neighbour is the centre itself adds its
+ * block to the centre's column and subtracts it again in -(sum of all blocks):
+ * it is left out, and the centre's column is -(sum of the other columns). */
 static int centre_columns(long r0, long r1, int F, const double *derivatives, int images,
                           int atom, const long *pair_index, const int *second, jjt_work_t *w) {
     const size_t width = 3 * (size_t)F;
-    memset(w->sum, 0, sizeof(double) * width);
-    memset(w->cols, 0, sizeof(double) * width);
-    int n_cols = 1; /* column 0: the centre */
-    if (!images) w->column_of[atom] = 0;
+    int n_cols = 1;
     for (long r = r0; r < r1; r++) {
         const double *block = derivatives + (size_t)r * width;
-        add_block(w->sum, block, F);
-        int m = images ? -1 : w->column_of[second[pair_index[r]]];
-        if (m < 0) { /* a new column: every pair with images, the first image of j without */
-            m = n_cols++;
-            if (!images) w->column_of[second[pair_index[r]]] = m;
-            memset(w->cols + (size_t)m * width, 0, sizeof(double) * width);
+        if (images) {
+            put_block(w->cols + width * n_cols++, block, F, 0);
+            continue;
         }
-        add_block(w->cols + (size_t)m * width, block, F);
+        const int j = second[pair_index[r]];
+        if (j == atom) continue;
+        const int m = w->column_of[j];
+        if (m >= 0) {
+            put_block(w->cols + width * m, block, F, 1);
+        } else {
+            w->column_of[j] = n_cols;
+            put_block(w->cols + width * n_cols++, block, F, 0);
+        }
     }
-    for (size_t k = 0; k < width; k++) w->cols[k] -= w->sum[k];
-    if (!images) {
-        w->column_of[atom] = -1;
+    double *restrict own = w->cols;
+    memset(own, 0, sizeof(double) * width);
+    for (int m = 1; m < n_cols; m++) {
+        const double *restrict col = w->cols + width * m;
+        for (size_t k = 0; k < width; k++) own[k] -= col[k];
+    }
+    if (!images)
         for (long r = r0; r < r1; r++) w->column_of[second[pair_index[r]]] = -1;
-    }
     return n_cols;
 }
 
@@ -181,7 +191,7 @@ int gm_jacobian_products(int n_centres, const long *block_offset, int n_funcs,
                                               second, &w);
             gram(w.cols, n_cols, F, products + (size_t)c * F * F);
         }
-        if (ok) free(w.cols), free(w.sum), free(w.column_of);
+        if (ok) free(w.cols), free(w.column_of);
     }
     return status;
 }
