@@ -11,10 +11,6 @@
 
 #include "gmetad.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 static int check_offsets(int n_centres, const long *block_offset) {
     if (n_centres < 0 || (n_centres > 0 && !block_offset) || (n_centres > 0 && block_offset[0] < 0))
         return GM_EINVAL;
