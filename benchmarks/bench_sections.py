@@ -145,6 +145,11 @@ def deposition_cost(centres, heights, metrics, sizes, per_deposition: int, repea
     print()
 
 
+def _first_median_max_last(ms: np.ndarray) -> str:
+    """'first / median / largest / last' of per-window ms per step."""
+    return f"{ms[0]:.3g} / {np.median(ms):.3g} / {ms.max():.3g} / {ms[-1]:.3g}"
+
+
 def long_run_table(folder: str, sf, radius: float) -> None:
     """The table of benchmarks/long_run.py's runs in ``folder``: time per step,
     coverage (biasserver.coverage, reference: the 'reference' run) and the largest
@@ -188,20 +193,23 @@ def long_run_table(folder: str, sf, radius: float) -> None:
             + ([f"max_hills {int(d['max_hills'])}"] if int(d["max_hills"]) > 0 else [])
         setting = " + ".join(parts) or "none"
         engine = f"{np.median(d['engine_cpu_ms']):.3g}" if "engine_cpu_ms" in d else "-"
-        rows.append([name, setting, steps, int(d["n_hills"][-1]),
-                     f"{d['bias_cpu_ms'][0]:.3g} / {np.median(d['bias_cpu_ms']):.3g} / {d['bias_cpu_ms'].max():.3g} / {d['bias_cpu_ms'][-1]:.3g}",
-                     engine, f"{d['bias_ms'].max():.3g}", f"{np.median(d['step_ms']):.3g}",
+        rows.append([name, setting, int(d["threads"]) if "threads" in d else 1, steps, int(d["n_hills"][-1]),
+                     _first_median_max_last(d["bias_ms"]), _first_median_max_last(d["bias_cpu_ms"]),
+                     engine, f"{np.median(d['step_ms']):.3g}",
                      "-" if cover is None else int(cover[-1]), vs_exact,
                      f"{err.max():.2g} eV ({rel.max():.1%})", f"{float(d['load_average']):.1f}"])
     print((f"Reference for the coverage: plain MD, {ref_steps} steps at {ref_t:g} K, radius {radius:g} "
            "(standardised G). " if reference is not None else "No reference run: no coverage. ")
-          + "Bias time: CPU time of GMetaDBias.step per MD step, averaged over windows of 500 steps: "
-          "first / median / largest / last window; engine: the Stillinger-Weber calculator's CPU "
-          "time per step (median window), which grows with the load and with the structure's "
-          "coordination (its three-body sum; see the per-window SW neighbours).")
+          + "Bias time: wall and CPU time (of the thread that calls it; with 2 threads the kernels' "
+          "second thread is not in it) of GMetaDBias.step per MD step, averaged over windows of "
+          "500 steps: first / median / largest / last window; threads: the kernels' OpenMP "
+          "threads; engine: the Stillinger-Weber calculator's CPU time per step (median window), "
+          "which grows with the load and with the structure's coordination (its three-body sum; "
+          "see the per-window SW neighbours).")
     print()
-    headers = ["run", "approximation", "steps", "hills at end", "bias CPU ms/step (first/median/max/last)",
-               "engine CPU ms/step", "largest window, wall ms/step", "whole step, median wall ms", "coverage (centres)",
+    headers = ["run", "approximation", "threads", "steps", "hills at end",
+               "bias wall ms/step (first/median/max/last)", "bias CPU ms/step (first/median/max/last)",
+               "engine CPU ms/step", "whole step, median wall ms", "coverage (centres)",
                "coverage / exact", "largest bias-energy error", "load average at end"]
     print("| " + " | ".join(headers) + " |")
     print("|" + "|".join("---" for _ in headers) + "|")
@@ -330,8 +338,8 @@ def sw_neighbours(positions: np.ndarray, cell: np.ndarray) -> float:
 
 def long_run_windows(folder: str, columns: int = 12) -> None:
     """Per-window figures of each run in ``folder`` (at most ``columns`` evenly spaced
-    windows of benchmarks/long_run.py's records, the last included): bias and engine CPU
-    ms per step, their ratio, the mean Stillinger-Weber neighbours per atom of the
+    windows of benchmarks/long_run.py's records, the last included): bias wall and CPU
+    ms per step, engine CPU ms per step, the bias's CPU over the engine's, the mean Stillinger-Weber neighbours per atom of the
     window's last kept frame, hills, and, for approximate runs, the bias energy of the
     hills against the exact sum of every hill deposited."""
     for path in sorted(glob.glob(os.path.join(folder, "*.npz"))):
@@ -344,6 +352,7 @@ def long_run_windows(folder: str, columns: int = 12) -> None:
             if idx and idx[-1] != len(d["step"]) - 1:
                 idx.append(len(d["step"]) - 1)
             rows = {"steps": [str(int(d["step"][k])) for k in idx],
+                    "bias wall (ms/step)": [f"{d['bias_ms'][k]:.3g}" for k in idx],
                     "bias CPU (ms/step)": [f"{d['bias_cpu_ms'][k]:.3g}" for k in idx],
                     "engine CPU (ms/step)": [f"{d['engine_cpu_ms'][k]:.3g}" for k in idx],
                     "bias / engine": [f"{d['bias_cpu_ms'][k] / d['engine_cpu_ms'][k]:.2f}" for k in idx],

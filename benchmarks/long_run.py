@@ -7,7 +7,9 @@ default; --engine matscipy: matscipy's Manybody, the same potential and much slo
 ASE Langevin at --temperature, 1 fs,
 G-metaD through biasserver.calculator.GMetaDCalculator with the method's settings
 (h = 1 meV, adaptive sigma = 1 A, stride 20, all atoms biased, default symmetry
-functions). One process per run:
+functions). OMP_NUM_THREADS (default 1) sets the threads of the bias's C kernels (the
+C engine runs one; numpy's BLAS one unless OPENBLAS_NUM_THREADS says otherwise).
+One process per run:
 
     python benchmarks/long_run.py run exact      --steps 50000 --out benchmarks/.cache/long
     python benchmarks/long_run.py run compressed --compression 0.3 ...
@@ -180,9 +182,11 @@ def run(args) -> None:
                  compression=np.nan if args.compression is None else args.compression,
                  max_hills=-1 if args.max_hills is None else args.max_hills,
                  frame_every=args.frame_every, temperature_K=args.temperature,
+                 threads=int(os.environ["OMP_NUM_THREADS"]),
                  load_average=os.getloadavg()[0], **{k: np.array(v) for k, v in record.items()})
         os.replace(out + ".tmp.npz", out)
-        last = f", bias {record['bias_ms'][-1]:.2f} ms/step, {record['n_hills'][-1]} hills" if bias else ""
+        last = (f", bias {record['bias_ms'][-1]:.2f} ms/step wall ({record['bias_cpu_ms'][-1]:.2f} CPU of the "
+                f"main thread), {record['n_hills'][-1]} hills" if bias else "")
         print(f"{args.variant}: step {done}, {time.perf_counter() - t0:.0f} s, "
               f"{record['step_ms'][-1]:.1f} ms/step{last}", flush=True)
 

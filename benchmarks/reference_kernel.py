@@ -4,13 +4,12 @@ benchmarks/reference/gaussians_before.c is ckernels/gaussians.c of commit fdfa6f
 (the kernel the issue's figures were measured with: SSE2 with an AVX2
 target_clones copy, no FMA). :func:`load` builds it once with the package's flags
 (-O3 -std=c99 and OpenMP) into a benchmark-only cffi module in
-benchmarks/.cache/reference_kernel/ and returns (ffi, lib); :func:`gaussian_sum`
+benchmarks/.cache/reference_kernel/ (benchmarks/cffi_cache.py) and returns (ffi, lib); :func:`gaussian_sum`
 calls it with the argument conventions of the old kernel (contiguous blocks:
 order[start[b]:start[b + 1]]).
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -18,7 +17,6 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "reference", "gaussians_before.c")
-BUILD = os.path.join(HERE, ".cache", "reference_kernel")
 MODULE = "_gaussians_before"
 
 CDEF = """
@@ -34,30 +32,20 @@ int gm_gaussian_sum(int n_query, int dim, const double *query, int n_hills,
 
 
 def load(baseline: bool = False):
-    """(ffi, lib) of the old kernel, compiled on first use. baseline=True: built
-    without its AVX2 clone (-DGM_BASELINE_ONLY), the code a CPU without AVX2 ran."""
-    if BUILD not in sys.path:
-        sys.path.insert(0, BUILD)
-    name = MODULE + ("_baseline" if baseline else "")
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        sys.path.insert(0, os.path.join(os.path.dirname(HERE), "ckernels"))
-        from build import _openmp_flags
-        from cffi import FFI
+    """(ffi, lib) of the old kernel, compiled on first use (benchmarks/cffi_cache.py).
+    baseline=True: built without its AVX2 clone (-DGM_BASELINE_ONLY), the code a CPU
+    without AVX2 ran."""
+    root = os.path.dirname(HERE)
+    for path in (HERE, os.path.join(root, "ckernels")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    import cffi_cache
+    from build import _openmp_flags
 
-        builder = FFI()
-        builder.cdef(CDEF)
-        omp = _openmp_flags()
-        builder.set_source(name, CDEF, sources=[SOURCE],
-                           extra_compile_args=["-O3", "-std=c99", "-D_DEFAULT_SOURCE"] + omp
-                           + (["-DGM_BASELINE_ONLY"] if baseline else []),
-                           extra_link_args=omp, libraries=["m"])
-        os.makedirs(BUILD, exist_ok=True)
-        builder.compile(tmpdir=BUILD)
-        importlib.invalidate_caches()
-        module = importlib.import_module(name)
-    return module.ffi, module.lib
+    omp = _openmp_flags()
+    flags = ["-O3", "-D_DEFAULT_SOURCE"] + omp + (["-DGM_BASELINE_ONLY"] if baseline else [])
+    return cffi_cache.load(MODULE + ("_baseline" if baseline else ""), "reference_kernel", CDEF, CDEF, [SOURCE],
+                           compile_args=flags, link_args=omp)
 
 
 def contiguous_blocks(blocks):

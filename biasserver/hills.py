@@ -193,7 +193,7 @@ class BlockTree:
             grown = np.zeros(max(2 * len(self.leaf_of), hill + 1), dtype=np.int64)
             grown[: len(self.leaf_of)] = self.leaf_of
             self.leaf_of = grown
-        point = centres[hill]
+        point = centres[hill].tolist()     # Python floats: the descent is pure list lookups
         node = self.root
         while node >= 0:
             node = self.children[node][0 if point[self.axis[node]] < self.value[node] else 1]

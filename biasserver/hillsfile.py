@@ -112,26 +112,22 @@ def _shortest(numbers: np.ndarray) -> list[bytes]:
 
 
 def format_records(records: list[HillRecord]) -> bytes:
-    """Hill records as lines of a hills file (each with its newline), all numbers of
-    the batch formatted at once."""
-    if not records:
-        return b""
-    shapes = {(len(r.centre), np.ndim(r.metric)) for r in records}
-    if len(shapes) == 1:     # one element's hills (the usual deposition): one array
-        dim, ndim = shapes.pop()
-        metrics = np.array([r.metric for r in records], dtype=np.float64)
+    """Hill records as lines of a hills file (each with its newline), the numbers
+    of all records of one shape (element dimension, adaptive or isotropic)
+    formatted at once: one batch for a deposition of one element."""
+    texts: list = [None] * len(records)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for k, r in enumerate(records):
+        by_shape.setdefault((len(r.centre), np.ndim(r.metric)), []).append(k)
+    for (dim, ndim), rows in by_shape.items():
+        group = [records[k] for k in rows]
+        metrics = np.array([r.metric for r in group], dtype=np.float64)
         values = metrics[:, _upper_triangle(dim)[0], _upper_triangle(dim)[1]] if ndim == 2 \
             else metrics.reshape(-1, 1)
-        texts = _shortest(np.concatenate([np.array([[float(r.height)] for r in records]),
-                                          np.array([r.centre for r in records], dtype=np.float64),
-                                          values], axis=1))
-    else:    # hills of elements of different dimensions: one array per record
-        texts = []
-        for r in records:
-            metric = np.asarray(r.metric, dtype=np.float64)
-            values = metric[_upper_triangle(len(metric))] if metric.ndim == 2 else metric.reshape(1)
-            texts += _shortest(np.concatenate([[float(r.height)], np.asarray(r.centre, dtype=np.float64),
-                                               values])[None, :])
+        numbers = np.concatenate([np.array([[float(r.height)] for r in group]),
+                                  np.array([r.centre for r in group], dtype=np.float64), values], axis=1)
+        for k, text in zip(rows, _shortest(numbers)):
+            texts[k] = text
     return b"".join(b"%d %d %s %s\n" % (r.id, r.step, r.element.encode(), text)
                     for r, text in zip(records, texts))
 

@@ -280,3 +280,81 @@ def _buffer(array: np.ndarray | None):
 
 
 _isa_from_environment()
+
+
+def _blocks(block_offset: np.ndarray, derivatives: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Checked (block_offset int64, derivatives float64, n_funcs) of a contraction."""
+    block_offset = np.ascontiguousarray(block_offset, dtype=np.int64)
+    derivatives = _f64(derivatives)
+    if derivatives.ndim != 3 or derivatives.shape[2] != 3:
+        raise ValueError(f"derivatives must have shape (P, F, 3), got {derivatives.shape}")
+    if block_offset.ndim != 1 or len(block_offset) < 1 or block_offset[0] != 0 \
+            or block_offset[-1] != len(derivatives):
+        raise ValueError(f"block_offset must run from 0 to the {len(derivatives)} derivative blocks")
+    return block_offset, derivatives, derivatives.shape[1]
+
+
+def _pair_rows(pair_index: np.ndarray, n_blocks: int, neighbours: NeighbourList) -> np.ndarray:
+    """pair_index as int64, one entry per block, each a row of ``neighbours``."""
+    pair_index = np.ascontiguousarray(pair_index, dtype=np.int64)
+    if pair_index.shape != (n_blocks,):
+        raise ValueError(f"pair_index must have shape ({n_blocks},), got {pair_index.shape}")
+    if n_blocks and (pair_index.min() < 0 or pair_index.max() >= len(neighbours.first)):
+        raise ValueError("pair_index points outside the neighbour list")
+    return pair_index
+
+
+def forces_virial(block_offset: np.ndarray, derivatives: np.ndarray, gradient: np.ndarray,
+                  pair_index: np.ndarray, neighbours: NeighbourList, forces: np.ndarray,
+                  virial: np.ndarray) -> None:
+    """Add the forces -dE/dr (N, 3) in eV/A and the virial -dE/d(strain) (3, 3) in eV
+    of an energy E(G) into ``forces`` and ``virial`` (C-contiguous float64), for the
+    centres of one element: gradient (C, F) dE/dG in eV, derivatives (P, F, 3) their
+    dG/dR_ij blocks in 1/A, the blocks of centre c rows block_offset[c]:block_offset[c+1],
+    block r the pair of neighbour-list row pair_index[r] (see gmetad.h)."""
+    block_offset, derivatives, n_funcs = _blocks(block_offset, derivatives)
+    n_centres = len(block_offset) - 1
+    gradient = _f64(gradient)
+    if gradient.shape != (n_centres, n_funcs):
+        raise ValueError(f"gradient must have shape ({n_centres}, {n_funcs}), got {gradient.shape}")
+    pair_index = _pair_rows(pair_index, len(derivatives), neighbours)
+    for name, array, shape in (("forces", forces, (len(forces), 3)), ("virial", virial, (3, 3))):
+        if array.dtype != np.float64 or array.shape != shape or not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be a C-contiguous float64 array of shape {shape}")
+    first = np.ascontiguousarray(neighbours.first, dtype=np.int32)
+    second = np.ascontiguousarray(neighbours.second, dtype=np.int32)
+    vectors = _f64(neighbours.vectors)
+    code = lib.gm_forces_virial(
+        n_centres, _ptr("long *", block_offset), n_funcs, _ptr("double *", derivatives),
+        _ptr("double *", gradient), _ptr("long *", pair_index), _ptr("int *", first),
+        _ptr("int *", second), _ptr("double *", vectors), len(forces), _ptr("double *", forces),
+        _ptr("double *", virial))
+    _check(code, "forces and virial")
+
+
+def jacobian_products(block_offset: np.ndarray, derivatives: np.ndarray, images: bool,
+                      centre_atoms: np.ndarray | None = None, pair_index: np.ndarray | None = None,
+                      neighbours: NeighbourList | None = None, n_atoms: int = 0) -> np.ndarray:
+    """J J^T (C, F, F) in 1/A^2 of the centres of one element, J each centre's dense
+    dG/dr (see gmetad.h). derivatives (P, F, 3) and block_offset as in
+    :func:`forces_virial`. images=False folds periodic images onto their atom, which
+    needs centre_atoms (C,), pair_index (P,) into ``neighbours`` and n_atoms;
+    images=True gives every block its own column. Exactly symmetric."""
+    block_offset, derivatives, n_funcs = _blocks(block_offset, derivatives)
+    n_centres = len(block_offset) - 1
+    products = np.empty((n_centres, n_funcs, n_funcs))
+    atoms = pairs = second = None
+    if not images:
+        if centre_atoms is None or pair_index is None or neighbours is None:
+            raise ValueError("images=False needs centre_atoms, pair_index and neighbours")
+        atoms = np.ascontiguousarray(centre_atoms, dtype=np.int32)
+        if atoms.shape != (n_centres,):
+            raise ValueError(f"centre_atoms must have shape ({n_centres},), got {atoms.shape}")
+        pairs = _pair_rows(pair_index, len(derivatives), neighbours)
+        second = np.ascontiguousarray(neighbours.second, dtype=np.int32)
+    code = lib.gm_jacobian_products(
+        n_centres, _ptr("long *", block_offset), n_funcs, _ptr("double *", derivatives),
+        int(bool(images)), _ptr("int *", atoms), _ptr("long *", pairs), _ptr("int *", second),
+        int(n_atoms), _ptr("double *", products))
+    _check(code, "J J^T")
+    return products

@@ -27,7 +27,6 @@ from typing import Mapping, Sequence
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers
-from scipy import sparse
 
 from . import kernels
 from .kernels import NeighbourList
@@ -110,17 +109,14 @@ class Descriptors:
             deriv = self.derivatives.get(element)
             if deriv is None or len(deriv) == 0:
                 continue
-            # w_p = dE/dR_p for every pair vector R_p = r_j - r_i (a batched (1, F) x (F, 3)
-            # product: a third of einsum's time for this contraction)
-            w = np.matmul(grad[self.pair_centre[element]][:, None, :], deriv)[:, 0, :]
-            pairs = self.pair_index[element]
-            j = self.neighbours.second[pairs]
-            i = self.neighbours.first[pairs]
-            for k in range(3):
-                forces[:, k] -= np.bincount(j, weights=w[:, k], minlength=self.n_atoms)
-                forces[:, k] += np.bincount(i, weights=w[:, k], minlength=self.n_atoms)
-            virial -= w.T @ self.neighbours.vectors[pairs]
+            kernels.forces_virial(self._block_offset(element), deriv, grad, self.pair_index[element],
+                                  self.neighbours, forces, virial)
         return forces, virial
+
+    def _block_offset(self, element: str) -> np.ndarray:
+        """(n_e + 1,) offsets: the derivative blocks of the c-th centre of ``element`` are
+        rows _block_offset[c]:_block_offset[c + 1]."""
+        return np.searchsorted(self.pair_centre[element], np.arange(len(self.indices[element]) + 1))
 
     def jacobian(self, element: str, centre: int, images: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Dense dG/dr of one centre (the ``centre``-th atom of ``element``).
@@ -154,41 +150,11 @@ class Descriptors:
 
     def jacobian_products(self, element: str, images: bool = False) -> np.ndarray:
         """J J^T (n_e, F_e, F_e) in 1/angstrom^2 for every centre of ``element``, with
-        J the dense dG/dr of :meth:`jacobian` (same ``images`` convention), for all
-        centres at once: the columns of each centre's J are summed per atom (per
-        neighbour-list entry with images=True), stacked per centre (zero-padded to
-        the largest column count) and multiplied in one batched product."""
-        deriv = self.derivatives[element]
-        n = len(self.indices[element])
-        n_functions = deriv.shape[1] if deriv.ndim == 3 else self.values[element].shape[1]
-        if n == 0:
-            return np.zeros((0, n_functions, n_functions))
-        centre = self.pair_centre[element].astype(np.int64)
-        pairs = np.arange(len(centre))
-        own = self.indices[element].astype(np.int64)
-        # column of every pair in its centre's J, and the centre's own column, which
-        # holds -(sum of the centre's rows): entries +1 and -1 of a sparse (K, P) map
-        if images:       # the centre (images fixed) first, then one column per pair
-            column, own_column = pairs + 1, np.zeros(n, dtype=np.int64)
-        else:            # one column per atom; images of an atom fold onto it
-            column, own_column = self.neighbours.second[self.pair_index[element]].astype(np.int64), own
-        width = int(max(column.max(initial=0), own_column.max())) + 1
-        keys, inverse = np.unique(np.concatenate([own_column + np.arange(n) * width,
-                                                  column + centre * width,
-                                                  own_column[centre] + centre * width]), return_inverse=True)
-        sign = np.concatenate([np.ones(len(centre)), -np.ones(len(centre))])
-        fold = sparse.csr_matrix((sign, (inverse[n:], np.concatenate([pairs, pairs]))),
-                                 shape=(len(keys), len(centre)))
-        columns = fold @ deriv.reshape(len(centre), -1)          # (K, F * 3), grouped by centre
-        column_owner = keys // width
-        first = np.searchsorted(column_owner, np.arange(n))
-        slot = np.arange(len(keys)) - first[column_owner]
-        # J laid out (centre, function, column, xyz) from the start: the (F, 3 x columns)
-        # matrices are views, not a transposed copy
-        stacked = np.zeros((n, n_functions, int(slot.max()) + 1, 3))
-        stacked[column_owner, :, slot] = columns.reshape(-1, n_functions, 3)
-        jac = stacked.reshape(n, n_functions, -1)
-        return jac @ jac.transpose(0, 2, 1)
+        J the dense dG/dr of :meth:`jacobian` (same ``images`` convention), from the C
+        kernel (exactly symmetric)."""
+        return kernels.jacobian_products(self._block_offset(element), self.derivatives[element], images,
+                                         self.indices[element], self.pair_index[element],
+                                         self.neighbours, self.n_atoms)
 
     def strain_derivatives(self, element: str) -> np.ndarray:
         """dG_i/d(strain) (n_e, F_e, 3, 3) for every centre of ``element``."""

@@ -21,6 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # through their *_avx2.c wrappers, for AVX2 + FMA; dispatch.c picks at run time.
 SOURCES = ["neighbours.c", "symmetry.c", "symmetry_avx2.c", "gaussians.c", "gaussians_avx2.c",
            "dispatch.c"]
+# the contractions of the derivative blocks (forces and virial, J J^T): baseline build only
+SOURCES += ["contractions.c"]
 SOURCES += ["merges.c"]
 
 

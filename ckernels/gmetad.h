@@ -118,6 +118,41 @@ int gm_isa_available(int isa);
 int gm_max_threads(void);
 
 /*
+ * Contractions of gm_symmetry_functions' derivative blocks for the centres of one
+ * element (n_funcs functions). The blocks of centre c are the rows
+ * block_offset[c] .. block_offset[c+1]-1 of `derivatives` (n_funcs x 3 each,
+ * dG/dR_ij, pairs of a centre in neighbour-list order); row r is neighbour-list
+ * entry pair_index[r], with atoms first[p] = i, second[p] = j and vector
+ * vectors[3p..3p+2] = R_ij (gm_neighbours' arrays). Blocks are visited in row
+ * order: results are bit-identical run to run and for any number of threads.
+ * Both return GM_OK or GM_EINVAL (offsets decreasing, an atom index outside
+ * [0, n_atoms)); gm_jacobian_products also GM_ENOMEM.
+ *
+ * gm_forces_virial: forces and virial of an energy E(G) given gradient
+ * (n_centres x n_funcs) = dE/dG. With w_r = sum_f dE/dG_f dG_f/dR_ij of row r,
+ * adds forces[i] += w_r, forces[j] -= w_r (forces: n_atoms x 3, -dE/dr) and
+ * virial[a][b] -= w_r[a] R_ij[b] (3 x 3, -dE/d(strain)). Serial.
+ *
+ * gm_jacobian_products: products (n_centres x n_funcs x n_funcs) = J J^T, J the
+ * dense dG/dr of a centre (n_funcs x 3 per column). images = 0: one column per
+ * atom, periodic images folded onto their atom; the centre's column (atom
+ * centre_atom[c]) holds -(sum of all its blocks) plus the blocks of pairs whose
+ * neighbour is the centre itself. images != 0: the centre's column is -(sum of
+ * all its blocks), then one column per block (centre_atom, pair_index, second
+ * and n_atoms unused, may be NULL / 0). The output is exactly symmetric. Scratch
+ * per thread: (largest block count + 1) x 3 x n_funcs doubles, plus n_atoms ints
+ * when images = 0. OpenMP over centres.
+ */
+int gm_forces_virial(int n_centres, const long *block_offset, int n_funcs,
+                     const double *derivatives, const double *gradient,
+                     const long *pair_index, const int *first, const int *second,
+                     const double *vectors, int n_atoms, double *forces, double *virial);
+int gm_jacobian_products(int n_centres, const long *block_offset, int n_funcs,
+                         const double *derivatives, int images, const int *centre_atom,
+                         const long *pair_index, const int *second, int n_atoms,
+                         double *products);
+
+/*
  * Merge of two adaptive hills by moment matching (HillSet.merge_into):
  * hill 0 (height h0 in eV, centre mu0, metric a0 = S0^-1) and hill 1 (h1, mu1,
  * a1 = S1^-1), all of dimension dim; centres dimensionless, metrics and
@@ -135,13 +170,13 @@ int gm_max_threads(void);
  * symmetric. Outputs may not alias inputs.
  * Returns GM_OK (then mu, height and metric are finite); GM_ENOTPD when a
  * matrix to invert is not positive definite or a result is not finite, then mu
- * and height are untouched and metric and covariance undefined; GM_EINVAL for dim <= 0 or h0 + h1 <= 0; GM_ENOMEM.
+ * and height are untouched and metric and covariance undefined; GM_EINVAL for
+ * dim <= 0 or h0 + h1 <= 0; GM_ENOMEM.
  * Deterministic (fixed loop order; bit-identical run to run).
  */
 #define GM_ENOTPD -4   /* a matrix to invert is not positive definite */
 int gm_merge_hills(int dim, double h0, const double *mu0, const double *a0, const double *s0,
                    double h1, const double *mu1, const double *a1, const double *s1,
                    double *mu, double *height, double *metric, double *covariance);
-
 
 #endif /* GMETAD_H */

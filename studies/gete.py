@@ -193,7 +193,6 @@ def training_comparison(pipeline, c: Mapping[str, Any]) -> dict[str, Any]:
     from . import gete_nnp
     from .pipeline import select_equal_budget, train_committee, write_json
 
-    root = pipeline.workdir
     absolute = pipeline.absolute
 
     def chgnet():
@@ -223,7 +222,7 @@ def training_comparison(pipeline, c: Mapping[str, Any]) -> dict[str, Any]:
         def select(folder: str, resume: bool, name=name, frames_path=frames_path) -> dict:
             out = select_equal_budget({name: [frames_path]}, c["train_frames"], c["test_frames"], c["pool"], sf,
                                       folder)[name]
-            return gete_nnp.relpaths(out, root)
+            return pipeline.relative_paths(out)
 
         selection[name] = pipeline.stage(f"select-{name}", {k: c[k] for k in ("pool", "train_frames", "test_frames")},
                                          select, depends=[f"sample-{run}"])

@@ -352,15 +352,6 @@ def across_runs(table: Mapping[str, Mapping[str, Mapping[str, Any]]], names: Seq
     return out
 
 
-def relpaths(outputs: Mapping[str, Any], root: str) -> dict[str, Any]:
-    """``outputs`` with every string naming a file under ``root`` made relative to it."""
-    def rel(v):
-        if isinstance(v, str) and os.path.isabs(v) and v.startswith(root):
-            return os.path.relpath(v, root)
-        return v
-    return {k: rel(v) for k, v in outputs.items()}
-
-
 # ------------------------------------------------------------------ report
 
 

@@ -114,6 +114,13 @@ class Pipeline:
         work folder still resolves them)."""
         return os.path.relpath(path, self.workdir)
 
+    def relative_paths(self, outputs: Mapping[str, Any]) -> dict[str, Any]:
+        """``outputs`` (a stage's output dict) with every absolute path inside the
+        work folder made :meth:`relative`; other values as they are."""
+        inside = self.workdir + os.sep
+        return {k: self.relative(v) if isinstance(v, str) and v.startswith(inside) else v
+                for k, v in outputs.items()}
+
     def absolute(self, path: str) -> str:
         """A stored path (relative to the work folder, or absolute) as an absolute path."""
         return path if os.path.isabs(path) else self.path(path)

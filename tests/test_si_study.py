@@ -74,6 +74,18 @@ def test_stage_depending_on_a_stage_not_run_is_refused(tmp_path):
         p.stage("b", {}, lambda folder, resume: {}, depends=["a"])
 
 
+def test_relative_paths_of_stage_outputs(tmp_path):
+    """Paths inside the work folder become relative (a moved folder still resolves
+    them); other paths, relative paths and non-strings stay as they are."""
+    p = Pipeline(str(tmp_path), stream=open(os.devnull, "w"))
+    outputs = {"frames": str(tmp_path / "stages" / "f.extxyz"), "outside": "/elsewhere/f.extxyz",
+               "sibling": str(tmp_path) + "-other/f", "relative": "a/b", "n": 3}
+    assert p.relative_paths(outputs) == {"frames": os.path.join("stages", "f.extxyz"),
+                                         "outside": "/elsewhere/f.extxyz", "sibling": str(tmp_path) + "-other/f",
+                                         "relative": "a/b", "n": 3}
+    assert p.absolute(p.relative_paths(outputs)["frames"]) == outputs["frames"]
+
+
 def test_settings_errors_name_the_key():
     with pytest.raises(ValueError, match="toy.yaml: unknown setting 'budgett'"):
         si.settings(True, {"budgett": 6}, where="toy.yaml")
