@@ -260,8 +260,9 @@ def merge_hills(h0: float, mu0: np.ndarray, metric0: np.ndarray, cov0: np.ndarra
     square = (dim, dim)
     if not (mu1.shape == (dim,) and metric0.shape == metric1.shape == square
             and (cov0 is None or cov0.shape == square) and (cov1 is None or cov1.shape == square)):
-        raise ValueError(f"hill merge: shapes {[None if a is None else a.shape for a in (mu0, mu1, metric0, metric1, cov0, cov1)]}"
-                         " are not those of centres (D,) and metrics and covariances (D, D)")
+        shapes = [None if a is None else a.shape for a in (mu0, mu1, metric0, metric1, cov0, cov1)]
+        raise ValueError(f"hill merge: shapes {shapes} are not those of centres (D,) and "
+                         "metrics and covariances (D, D)")
     # one output buffer: height, centre, metric, covariance
     out = np.empty(1 + dim + 2 * dim * dim)
     p = ffi.from_buffer("double[]", out)

@@ -23,6 +23,7 @@ SOURCES = ["neighbours.c", "symmetry.c", "symmetry_avx2.c", "gaussians.c", "gaus
            "dispatch.c"]
 # the contractions of the derivative blocks (forces and virial, J J^T): baseline build only
 SOURCES += ["contractions.c"]
+# the merge of two adaptive hills (moment matching, Cholesky inversions): baseline build only
 SOURCES += ["merges.c"]
 
 
