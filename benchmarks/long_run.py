@@ -72,10 +72,21 @@ def sw_calculator(engine: str = "c"):
     return Manybody(**StillingerWeber(Stillinger_Weber_PRB_31_5262_Si))
 
 
-def run(args) -> None:
+def langevin(atoms, temperature: float, rng: np.random.Generator):
+    """The runs' dynamics: velocities drawn at ``temperature`` (K, centre of mass at
+    rest), then ASE Langevin at that temperature, 1 fs, friction 0.01 / fs."""
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+        Stationary(atoms)
+        return Langevin(atoms, 1.0 * units.fs, temperature_K=temperature, friction=0.01 / units.fs,
+                        fixcm=False, rng=rng)
+
+
+def run(args) -> None:
     atoms = bulk("Si", "diamond", 5.431, cubic=True).repeat(2)
     rng = np.random.default_rng(args.seed)
     sf = SymmetryFunctions.default(["Si"])
@@ -135,12 +146,7 @@ def run(args) -> None:
 
     engine.calculate = calculate
     atoms.calc = engine if bias is None else GMetaDCalculator(engine, bias)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=rng)
-        Stationary(atoms)
-        dyn = Langevin(atoms, 1.0 * units.fs, temperature_K=args.temperature,
-                       friction=0.01 / units.fs, fixcm=False, rng=rng)
+    dyn = langevin(atoms, args.temperature, rng)
     out = os.path.join(args.out, f"{args.name or args.variant}.npz")
     record = {k: [] for k in ("step", "bias_ms", "bias_cpu_ms", "bias_max_ms", "step_ms", "engine_cpu_ms", "n_hills",
                               "energy", "exact_energy", "temperature")}
