@@ -25,14 +25,15 @@ to the YAML file)::
                                    # the merged centre), so the cost per step stops growing.
                                    # Long runs: 1000 with compression 0.3. Measured on Si64
                                    # SW, 500 K, 50 000 steps: cost flat from the cap on;
-                                   # coverage within 1.1 % of the exact run's (13 000 steps)
-                                   # and within 0.5 % of compression alone at 50 000; what it
+                                   # coverage within 2.3 % of the exact run's (13 000 steps)
+                                   # and within 0.7 % of compression alone at 50 000; what it
                                    # costs: the bias energy is above the exact sum by 20-90 %
                                    # (it grows with the run; compression 0.3 alone: 4-9 %,
-                                   # but 13 000 hills and growing). 300 explored as much with
-                                   # an error of the same size (up to 85 %) at 0.6x the cost.
-                                   # Bias of 64 atoms, one core, quiet machine: 9.6 ms per
-                                   # MD step at 1000 hills, 5.7 at 300 (benchmarks/README.md)
+                                   # but 13 000 hills and growing). 300 explores as much, with
+                                   # errors of the same size (up to 97 %), at 0.75-0.8x the cost.
+                                   # Bias of 64 atoms per MD step, median over a run: 6.2 ms
+                                   # at 1000 hills and 4.9 at 300 on 2 OpenMP threads, 9.0
+                                   # and 6.8 on one (guide: "The bias's cost in long runs")
       walls: []                    # [{kind: height, ...}, {kind: distance, ...}]
       hills_file: HILLS
       restart: true                # continue from hills_file when it exists

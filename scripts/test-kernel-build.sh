@@ -24,4 +24,4 @@ PY
 echo "kernels built with CFLAGS='$flags'"
 python -m pytest -q -p no:cacheprovider tests/test_symmetry.py tests/test_bias.py tests/test_neighbours.py \
     tests/test_params.py tests/test_calculator.py tests/test_jacobian_convention.py \
-    tests/test_hills_kernel.py "$@"
+    tests/test_hills_kernel.py tests/test_contractions.py tests/test_merges.py "$@"
