@@ -15,18 +15,12 @@ from ase.build import bulk
 
 from biasserver import kernels
 from biasserver.symmetry import Descriptors, SymmetryFunctions
+from test_symmetry import si64
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # -- structures ------------------------------------------------------------------
-
-def si64() -> Atoms:
-    atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
-    atoms.rattle(0.05, seed=1)
-    atoms.wrap()
-    return atoms
-
 
 def small_cell() -> Atoms:
     """2 Si in the fcc primitive cell (|a| = 3.84 A < Rc): every atom, the centre
@@ -183,8 +177,9 @@ def test_bindings_reject_inconsistent_offsets():
 # -- threads --------------------------------------------------------------------------------
 
 DIGEST = """
-import hashlib, numpy as np
-from tests.test_contractions import sige, small_cell
+import hashlib, sys, numpy as np
+sys.path.insert(0, "tests")
+from test_contractions import sige, small_cell
 from biasserver.symmetry import SymmetryFunctions
 h = hashlib.sha256()
 for atoms, elements in ((sige(), ["Si", "Ge"]), (small_cell(), ["Si"])):
