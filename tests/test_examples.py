@@ -105,7 +105,10 @@ def test_run_stops_everything_on_ctrl_c(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "biasserver.cli", "run",
                              os.path.join(ROOT, "examples", "pt111-h"), "--steps", "100000",
                              "--only", "gmetad", "--output", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C reaches a foreground process; one started from a shell's
+                            # background job (a CI script's `&`) inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         frames = out / "gmetad" / "frames.extxyz"
