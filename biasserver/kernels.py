@@ -32,7 +32,9 @@ def _check(code: int, what: str) -> None:
 
 
 def _ptr(ctype: str, array: np.ndarray | None):
-    return ffi.NULL if array is None else ffi.cast(ctype, ffi.from_buffer(array))
+    """A contiguous array as the C array ``ctype`` ("double *", "int *", "long *")
+    points to, or NULL (a typed buffer: no cast)."""
+    return ffi.NULL if array is None else ffi.from_buffer(ctype.replace(" *", "[]"), array)
 
 
 def _f64(a) -> np.ndarray:
@@ -265,22 +267,16 @@ def merge_hills(h0: float, mu0: np.ndarray, metric0: np.ndarray, cov0: np.ndarra
                          "metrics and covariances (D, D)")
     # one output buffer: height, centre, metric, covariance
     out = np.empty(1 + dim + 2 * dim * dim)
-    p = ffi.from_buffer("double[]", out)
-    code = lib.gm_merge_hills(dim, h0, _buffer(mu0), _buffer(metric0), _buffer(cov0), h1, _buffer(mu1),
-                              _buffer(metric1), _buffer(cov1), p + 1, p, p + 1 + dim, p + 1 + dim + dim * dim)
+    p = _ptr("double *", out)
+    d = lambda a: _ptr("double *", a)   # noqa: E731
+    code = lib.gm_merge_hills(dim, h0, d(mu0), d(metric0), d(cov0), h1, d(mu1), d(metric1), d(cov1),
+                              p + 1, p, p + 1 + dim, p + 1 + dim + dim * dim)
     if code == lib.GM_ENOTPD:
         raise NotPositiveDefinite("hill merge: a matrix to invert is not positive definite")
     _check(code, "hill merge")
     matrices = out[1 + dim:].reshape(2, dim, dim)
     return out[1: 1 + dim], float(out[0]), matrices[0], matrices[1]
 
-
-def _buffer(array: np.ndarray | None):
-    """A contiguous float64 array as a C double array, or NULL (cheaper than _ptr)."""
-    return ffi.NULL if array is None else ffi.from_buffer("double[]", array)
-
-
-_isa_from_environment()
 
 
 def _blocks(block_offset: np.ndarray, derivatives: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -359,3 +355,6 @@ def jacobian_products(block_offset: np.ndarray, derivatives: np.ndarray, images:
         int(n_atoms), _ptr("double *", products))
     _check(code, "J J^T")
     return products
+
+
+_isa_from_environment()
